@@ -1,0 +1,186 @@
+"""`scopeflow`: run, status, rerun, report, server.
+
+Prefect reads PREFECT_API_URL at import, so nothing here imports prefect (or the flows) until the server is
+up and the variable set; config problems are reported before any of that, in one line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from flows.config import DEFAULT_CONFIG, ConfigError, SuiteConfig, load_suite_config
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Prefect's own INFO lines go to the dashboard; the terminal shows our progress bars and tables.
+_QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+                  "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "WARNING",
+                  "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "WARNING"}
+
+
+def _fail(message: str, code: int = 2) -> int:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return code
+
+
+def _load(path: str) -> SuiteConfig:
+    return load_suite_config(path)
+
+
+def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
+    from flows.prepare import open_root
+    from tasks.report import collect_metrics
+    from tasks.report_render import TABLE_COLUMNS, format_table_rows
+
+    root = open_root(cfg)
+    rows = collect_metrics(root, keys)
+    table = Table(title=f"SAEs of suite '{cfg.name}'", title_justify="left")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for r in format_table_rows(rows):
+        table.add_row(*r)
+    console.print(table)
+    console.print(f"report: {root.path('report/index.html')}", highlight=False, soft_wrap=True)
+
+
+def _execute(config_path: str, rerun: list[dict] | None) -> int:
+    try:
+        cfg = _load(config_path)
+        from flows.prepare import prepare_suite
+
+        with console.status("checking config and model (the embedded model is built once, ~2 min)"):
+            prepared = prepare_suite(cfg, config_path, write=False)
+    except ConfigError as e:
+        return _fail(str(e))
+    for k, v in _QUIET_CONSOLE.items():
+        os.environ.setdefault(k, v)
+    from infra.prefect_server import prefect_api
+
+    t0 = time.monotonic()
+    with prefect_api(Path(cfg.orchestration.prefect_home).resolve()) as api_url:
+        console.print(f"Prefect API: {api_url}", highlight=False)
+        from flows.suite import suite_flow
+
+        state = suite_flow(config_path, rerun=rerun, return_state=True)
+        if not state.is_completed():
+            console.print(f"[red]run failed[/red] after {time.monotonic() - t0:.1f} s: {state.message or ''}",
+                          soft_wrap=True)
+            try:
+                state.result()
+            except Exception as e:  # the flow's own summary: failed units and the commands that re-run them
+                err_console.print(str(e), highlight=False, soft_wrap=True)
+            return 1
+        result = state.result()
+    ran = len(result["ran"])
+    if ran == 0:
+        console.print(f"nothing to do: every unit is complete with a matching fingerprint ({prepared.root.url})",
+                      highlight=False)
+    else:
+        per_stage = ", ".join(f"{s} {c['ran']}/{c['units']}" for s, c in result["stages"].items())
+        console.print(f"ran {ran} unit(s) in {time.monotonic() - t0:.1f} s ({per_stage})", highlight=False)
+    _print_metrics(cfg, [(s, layer) for s in cfg.sites for layer in prepared.layers])
+    return 0
+
+
+def cmd_run(args) -> int:
+    return _execute(args.config, None)
+
+
+def cmd_rerun(args) -> int:
+    from tasks.plan import STAGES
+
+    if args.stage not in STAGES:
+        return _fail(f"--stage: unknown stage {args.stage!r} (one of {', '.join(STAGES)})")
+    return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer}])
+
+
+def cmd_status(args) -> int:
+    from flows.status import stage_status
+
+    try:
+        cfg = _load(args.config)
+        rows = stage_status(cfg, args.config)
+    except ConfigError as e:
+        return _fail(str(e))
+    table = Table(title=f"suite '{cfg.name}'", title_justify="left")
+    for col in ("stage", "units", "complete", "failed", "running", "pending", "total s", "mean s", "max s"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in rows:
+        table.add_row(r["stage"], *(str(r[k]) for k in ("units", "complete", "failed", "running", "pending")),
+                      *(f"{r[k]:.1f}" if r[k] is not None else "-" for k in ("total_s", "mean_s", "max_s")))
+    console.print(table)
+    for r in rows:
+        for unit, msg in r["errors"]:
+            console.print(f"[red]{r['stage']}:{unit}[/red] {msg}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_report(args) -> int:
+    try:
+        cfg = _load(args.config)
+        from flows.prepare import prepare_suite
+        prepared = prepare_suite(cfg, args.config, write=False)
+        _print_metrics(cfg, [(s, layer) for s in cfg.sites for layer in prepared.layers])
+    except ConfigError as e:
+        return _fail(str(e))
+    except FileNotFoundError as e:
+        return _fail(f"no evaluations yet ({e}); run `scopeflow run {args.config}` first")
+    return 0
+
+
+def cmd_server(args) -> int:
+    """The dashboard over the same database `scopeflow run` uses, until Ctrl-C."""
+    from infra.prefect_server import start_server, stop_server
+
+    cfg = _load(args.config)
+    proc, api_url = start_server(Path(cfg.orchestration.prefect_home).resolve(), port=args.port)
+    console.print(f"Prefect dashboard: {api_url[:-4]}  (API {api_url}); Ctrl-C stops it", highlight=False)
+    console.print(f"runs use it with: export PREFECT_API_URL={api_url}", highlight=False)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(proc)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scopeflow", description="Build and evaluate a Gemma Scope-style SAE suite.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the suite; units already complete are skipped")
+    run.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    run.set_defaults(fn=cmd_run)
+    st = sub.add_parser("status", help="each stage's units: complete, failed, running, pending, durations")
+    st.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    st.set_defaults(fn=cmd_status)
+    rr = sub.add_parser("rerun", help="force a stage's units (and their dependents) to run again")
+    rr.add_argument("config")
+    rr.add_argument("--stage", required=True)
+    rr.add_argument("--site")
+    rr.add_argument("--layer", type=int)
+    rr.set_defaults(fn=cmd_rerun)
+    rp = sub.add_parser("report", help="print the metrics table and where the report is")
+    rp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    rp.set_defaults(fn=cmd_report)
+    sv = sub.add_parser("server", help="start the Prefect server and dashboard on the run database")
+    sv.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    sv.add_argument("--port", type=int, default=4200)
+    sv.set_defaults(fn=cmd_server)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

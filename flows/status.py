@@ -1,0 +1,44 @@
+"""`scopeflow status`: the ledger read against the current plan, without Prefect or Ray."""
+from __future__ import annotations
+
+import zarr
+
+from flows.config import SuiteConfig
+from flows.prepare import prepare_suite
+from storage.ledger import Ledger
+from tasks.extract import n_shards
+from tasks.plan import STAGES, downstream_units, tokenize_units
+from tasks.tokenize import TOKENS_TRAIN
+
+
+def stage_status(cfg: SuiteConfig, config_path: str) -> list[dict]:
+    prepared = prepare_suite(cfg, config_path, write=False)
+    root, ledger = prepared.root, Ledger(root)
+    plan = {"tokenize": tokenize_units(cfg)}
+    if ledger.is_complete("tokenize", "corpus", plan["tokenize"][0].fingerprint):
+        n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
+        plan.update(downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
+                                     prepared.model_name, plan["tokenize"][0]))
+    rows = []
+    for stage in STAGES:
+        specs = plan.get(stage)
+        counts = {"complete": 0, "failed": 0, "running": 0, "pending": 0}
+        durations, errors = [], []
+        for spec in specs or []:
+            rec = ledger.get(spec.stage, spec.unit)
+            if rec is None or rec.fingerprint != spec.fingerprint:
+                counts["pending"] += 1
+                continue
+            if rec.status == "complete" and not ledger.is_complete(spec.stage, spec.unit, spec.fingerprint):
+                counts["pending"] += 1  # outputs deleted since
+                continue
+            counts[rec.status] += 1
+            if rec.duration_s is not None and rec.status == "complete":
+                durations.append(rec.duration_s)
+            if rec.status == "failed" and rec.error:
+                errors.append((spec.unit, f"{rec.error.type}: {rec.error.message.splitlines()[0] if rec.error.message else ''}"))
+        rows.append({"stage": stage, "units": len(specs) if specs is not None else "?", **counts,
+                     "total_s": sum(durations) if durations else None,
+                     "mean_s": sum(durations) / len(durations) if durations else None,
+                     "max_s": max(durations) if durations else None, "errors": errors})
+    return rows

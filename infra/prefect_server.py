@@ -1,0 +1,103 @@
+"""One Prefect server for a run, so every Ray worker reports to it.
+
+Without a running server each worker starts a temporary server of its own and SQLite reports "database is
+locked" (DESIGN section 8). This module never imports prefect: Prefect reads PREFECT_API_URL when it is
+imported, so the server must be up and the variable set before that.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(api_url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"Prefect server exited with code {proc.returncode} during start-up:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f} s (log: {log})")
+
+
+def server_env(home: Path, api_url: str) -> dict[str, str]:
+    return {**QUIET_ENV, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
+            # without this the dashboard on a port other than 4200 says it cannot reach the API
+            "PREFECT_SERVER_UI_API_URL": api_url}
+
+
+def start_server(home: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    api_url = f"http://{host}:{port}/api"
+    log = home / "server.log"
+    env = {**os.environ, **server_env(home, api_url)}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_healthy(api_url, timeout=120, proc=proc, log=log)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, api_url
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop the server by its own process group: never `prefect server stop` or pkill, which would hit
+    other users' servers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def prefect_api(home: Path) -> Iterator[str]:
+    """PREFECT_API_URL when set (a shared server or Prefect Cloud); otherwise a local server for the
+    duration of the block, its URL exported for this process and the Ray workers it starts."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        yield existing
+        return
+    proc, api_url = start_server(home)
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_SERVER_UI_API_URL", "PREFECT_HOME")}
+    os.environ.update(server_env(home, api_url))
+    try:
+        yield api_url
+    finally:
+        stop_server(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,28 @@
+"""Starting or joining Ray for a run, with settings measured to work here (DESIGN section 8)."""
+from __future__ import annotations
+
+import os
+
+from infra.config import OrchestrationConfig
+
+# Prefect variables the workers need to report to the driver's server, not start their own.
+_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
+                  "PREFECT_LOGGING_LEVEL", "SCOPEFLOW_CACHE")
+
+
+def init_ray(cfg: OrchestrationConfig) -> bool:
+    """Initialise Ray once per driver; the stage flows' RayTaskRunners reuse it. Returns whether this call
+    started it (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # Ray 2.60 enables token auth on new local instances
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    kwargs = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False, namespace="scopeflow")
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=256 * 2**20, **kwargs)
+    return True

@@ -1,0 +1,105 @@
+"""Zarr arrays in the run's public format (DESIGN section 3).
+
+Every array carries a crc32c checksum codec so a corrupted chunk fails loudly on read. bfloat16 has no zarr
+dtype: it is stored as its raw bits in a uint16 array with attribute `"dtype": "bfloat16"`, so any zarr
+reader opens it and the values are bit-exact.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+_STORED_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def create_array(store, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
+                 attributes: dict[str, Any] | None = None, compress: bool = False) -> zarr.Array:
+    """Create an array at its final shape (never appended or resized later: concurrent writers are safe only
+    when each owns whole chunks). `dtype` may be the logical "bfloat16"."""
+    attrs = dict(attributes or {})
+    stored = _STORED_DTYPE.get(dtype, dtype)
+    if dtype == "bfloat16":
+        attrs["dtype"] = "bfloat16"
+    compressors = [ZstdCodec(level=1), Crc32cCodec()] if compress else [Crc32cCodec()]
+    chunks = tuple(max(1, min(c, s)) if s > 0 else max(1, c) for c, s in zip(chunks, shape))
+    return zarr.create_array(store=store, name=name, shape=shape, dtype=stored, chunks=chunks,
+                             compressors=compressors, attributes=attrs, overwrite=True, fill_value=0)
+
+
+def logical_dtype(array: zarr.Array) -> str:
+    return array.attrs.get("dtype", str(array.dtype))
+
+
+def encode_rows(x: torch.Tensor, dtype: str, label: str) -> np.ndarray:
+    """Torch activations -> the numpy array stored for `dtype`. float16 overflow is an error naming the
+    array (label), never a silent inf."""
+    if dtype == "bfloat16":
+        return x.detach().to(torch.bfloat16).cpu().view(torch.uint16).numpy()
+    if dtype == "float16":
+        peak = float(x.detach().abs().max()) if x.numel() else 0.0
+        if peak > _FLOAT16_MAX:
+            raise ValueError(f"{label}: activation magnitude {peak:.3g} overflows float16 (max {_FLOAT16_MAX:.0f});"
+                             f" use storage.activation_dtype bfloat16 or float32")
+        return x.detach().to(torch.float16).cpu().numpy()
+    return x.detach().to(torch.float32).cpu().numpy()
+
+
+def decode_rows(raw: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored numpy rows -> a torch tensor in the logical dtype (bfloat16 bits reinterpreted, not cast)."""
+    t = torch.from_numpy(np.ascontiguousarray(raw))
+    if dtype == "bfloat16":
+        return t.view(torch.bfloat16)
+    return t
+
+
+def read_rows(array: zarr.Array, start: int, stop: int) -> torch.Tensor:
+    return decode_rows(array[start:stop], logical_dtype(array))
+
+
+class RowWriter:
+    """Appends rows to a pre-sized array and writes only whole, aligned chunks (plus the tail at close), so
+    each chunk is encoded once and memory stays bounded by one chunk."""
+
+    def __init__(self, array: zarr.Array, label: str):
+        self.array = array
+        self.label = label
+        self.dtype = logical_dtype(array)
+        self.chunk = array.chunks[0]
+        self.offset = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def append(self, rows: torch.Tensor | np.ndarray) -> None:
+        data = encode_rows(rows, self.dtype, self.label) if isinstance(rows, torch.Tensor) else rows
+        if len(data) == 0:
+            return
+        self._pending.append(data)
+        self._pending_rows += len(data)
+        if self._pending_rows >= self.chunk:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        n_write = len(block) if final else (len(block) // self.chunk) * self.chunk
+        if self.offset + n_write > self.array.shape[0]:
+            raise ValueError(f"{self.label}: {self.offset + n_write} rows written into an array of "
+                             f"{self.array.shape[0]} rows")
+        if n_write:
+            self.array[self.offset:self.offset + n_write] = block[:n_write]
+            self.offset += n_write
+        rest = block[n_write:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_rows = len(rest)
+
+    def close(self) -> int:
+        self._flush(final=True)
+        if self.offset != self.array.shape[0]:
+            raise ValueError(f"{self.label}: wrote {self.offset} rows, expected {self.array.shape[0]}")
+        return self.offset

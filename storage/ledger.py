@@ -1,0 +1,101 @@
+"""The unit ledger: `state/{stage}/{unit}.json`, the source of truth for what is done.
+
+A reader trusts only outputs whose record says `complete` with the fingerprint it expects; Prefect's own
+history is for people, and survives nothing we rely on.
+"""
+from __future__ import annotations
+
+import socket
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from storage.root import StorageRoot
+
+Status = Literal["running", "complete", "failed"]
+
+
+class UnitError(BaseModel):
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class UnitRecord(BaseModel):
+    stage: str
+    unit: str
+    status: Status
+    fingerprint: str
+    attempt: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    host: str = ""
+    error: UnitError | None = None
+    outputs: list[str] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at and self.ended_at:
+            return (self.ended_at - self.started_at).total_seconds()
+        return None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Ledger:
+    def __init__(self, root: StorageRoot):
+        self.root = root
+
+    @staticmethod
+    def record_path(stage: str, unit: str) -> str:
+        return f"state/{stage}/{unit}.json"
+
+    def get(self, stage: str, unit: str) -> UnitRecord | None:
+        path = self.record_path(stage, unit)
+        if not self.root.exists(path):
+            return None
+        return UnitRecord.model_validate(self.root.read_json(path))
+
+    def _put(self, record: UnitRecord) -> UnitRecord:
+        self.root.write_json(self.record_path(record.stage, record.unit), record.model_dump(mode="json"))
+        return record
+
+    def is_complete(self, stage: str, unit: str, fingerprint: str) -> bool:
+        """Complete with this fingerprint and every recorded output still present."""
+        rec = self.get(stage, unit)
+        return (rec is not None and rec.status == "complete" and rec.fingerprint == fingerprint
+                and all(self.root.exists(p) for p in rec.outputs))
+
+    def start(self, stage: str, unit: str, fingerprint: str) -> UnitRecord:
+        prev = self.get(stage, unit)
+        attempt = (prev.attempt if prev and prev.fingerprint == fingerprint and prev.status != "complete" else 0) + 1
+        return self._put(UnitRecord(stage=stage, unit=unit, status="running", fingerprint=fingerprint,
+                                    attempt=attempt, started_at=_now(), host=socket.gethostname()))
+
+    def complete(self, record: UnitRecord, outputs: list[str], metrics: dict[str, Any]) -> UnitRecord:
+        """Called only after every output is durably written: this write is what makes them trusted."""
+        done = record.model_copy(update=dict(status="complete", ended_at=_now(), outputs=outputs,
+                                             metrics=metrics, error=None))
+        return self._put(done)
+
+    def fail(self, record: UnitRecord, exc: BaseException) -> UnitRecord:
+        err = UnitError(type=type(exc).__name__, message=str(exc),
+                        traceback="".join(traceback.format_exception(exc))[-4000:])
+        return self._put(record.model_copy(update=dict(status="failed", ended_at=_now(), error=err)))
+
+    def records(self, stage: str) -> list[UnitRecord]:
+        """Every record of a stage; unit ids may contain '/' (site/layer), so walk the folder."""
+        base = f"state/{stage}"
+        out: list[UnitRecord] = []
+        fs, prefix = self.root.fs, self.root._fs_path(base)
+        if not fs.exists(prefix):
+            return out
+        for path in sorted(fs.find(prefix)):
+            if path.endswith(".json"):
+                out.append(UnitRecord.model_validate_json(fs.cat_file(path)))
+        return out

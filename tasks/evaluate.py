@@ -1,0 +1,119 @@
+"""Stage 5: one (site, layer)'s SAEs judged on held-out tokens.
+
+delta loss = CE with the site's activation replaced by the SAE's reconstruction at every non-BOS position,
+minus the clean CE, over predicted tokens that are not special. L0, FVU (against the dataset mean from the
+shuffle statistics), dead and dense latents are measured on the same held-out activations.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+import zarr
+
+from sae import JumpReLUSAE, SAEMetrics, load_gemma_scope_npz
+from storage.root import StorageRoot
+from tasks.config import StagesConfig
+from tasks.extract import keep_mask
+from tasks.model import load_model, load_tokenizer, pick_device, special_token_ids
+from tasks.shuffle import shuffled_group
+from tasks.sites import ActivationCapture, site_hooks
+from tasks.tokenize import TOKENS_EVAL
+from tasks.train import sae_dir
+
+
+def eval_path(site: str, layer: int) -> str:
+    return f"evals/{site}/layer_{layer}.parquet"
+
+
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor, special: set[int]) -> tuple[float, int]:
+    """Summed next-token CE (nats) over targets that are not special, and their count."""
+    targets = tokens[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
+    keep = ~torch.isin(targets, torch.tensor(sorted(special), device=targets.device))
+    return float(ce[keep].double().sum()), int(keep.sum())
+
+
+def reconstruct_hook(sae: JumpReLUSAE, tokens: torch.Tensor, bos: int):
+    """Replace the site's tensor with the SAE's reconstruction at every position that is not BOS."""
+    splice = tokens != bos
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        x_hat, _ = sae(t.float())
+        return torch.where(splice.unsqueeze(-1), x_hat.to(t.dtype), t)
+    return fn
+
+
+def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> dict:
+    tokens_all = zarr.open_array(store=root.zarr_store(TOKENS_EVAL, read_only=True), mode="r")[:]
+    if cfg.evaluate.n_seqs:
+        tokens_all = tokens_all[: cfg.evaluate.n_seqs]
+    tok = load_tokenizer(cfg.model)
+    special = special_token_ids(tok)
+    model = load_model(cfg.model)
+    device = pick_device(cfg.model.device)
+    stats = dict(zarr.open_group(store=root.zarr_store(shuffled_group(site, layer), read_only=True), mode="r").attrs)
+    dataset_mean = torch.tensor(stats["mean"], dtype=torch.float64)
+
+    saes: list[tuple[int, float, str, JumpReLUSAE, dict]] = []
+    for width in cfg.sae.widths:
+        for lam in cfg.sae.lambdas:
+            rel = sae_dir(site, layer, width, lam)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = root.download_dir(rel, Path(tmp) / "sae")
+                sae = load_gemma_scope_npz(local / "params.npz").to(device)
+                log = pq.read_table(local / "train_log.parquet").to_pylist()
+            saes.append((width, lam, rel, sae.eval(), log[-1] if log else {}))
+
+    key = (site, layer)
+    clean = [0.0, 0]
+    spliced = {i: [0.0, 0] for i in range(len(saes))}
+    metrics = {i: SAEMetrics(d_sae=s[3].W_enc.shape[1], dense_threshold=cfg.evaluate.dense_threshold)
+               for i, s in enumerate(saes)}
+    bs = cfg.evaluate.batch_size
+    with torch.inference_mode():
+        for start in range(0, len(tokens_all), bs):
+            batch_np = tokens_all[start:start + bs]
+            batch = torch.from_numpy(batch_np.astype(np.int64)).to(device)
+            capture = ActivationCapture([key])
+            with site_hooks(model, capture.hooks()):
+                logits = model(batch).logits
+            s, n = token_losses(logits, batch, special)
+            clean[0] += s
+            clean[1] += n
+            rows = capture.values[key][torch.from_numpy(keep_mask(batch_np, special)).to(device)].float()
+            for i, (_, _, _, sae, _) in enumerate(saes):
+                x_hat, f = sae(rows)
+                metrics[i].update(rows, x_hat, f)
+                with site_hooks(model, {key: reconstruct_hook(sae, batch, tok.bos_token_id)}):
+                    s, n = token_losses(model(batch).logits, batch, special)
+                spliced[i][0] += s
+                spliced[i][1] += n
+
+    clean_loss = clean[0] / clean[1]
+    out_rows = []
+    for i, (width, lam, rel, sae, last) in enumerate(saes):
+        m = metrics[i].result(dataset_mean)
+        spliced_loss = spliced[i][0] / spliced[i][1]
+        out_rows.append({
+            "site": site, "layer": layer, "width": width, "lambda": lam, "architecture": "jumprelu",
+            "d_in": int(sae.W_enc.shape[0]), "l0": m["l0"], "fvu": m["fvu"], "mse": m["mse"],
+            "delta_loss": spliced_loss - clean_loss, "clean_loss": clean_loss, "spliced_loss": spliced_loss,
+            "dead_frac": m["dead_frac"], "dense_frac": m["dense_frac"], "n_dead": m["n_dead"],
+            "n_dense": m["n_dense"], "n_tokens": m["n_tokens"], "freq_hist": list(m["freq_hist"]),
+            "freq_hist_edges": list(m["freq_hist_edges"]), "train_steps": int(last.get("step", 0)),
+            "train_tokens": int(last.get("tokens", 0)), "sae_path": rel,
+        })
+    out = eval_path(site, layer)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "eval.parquet"
+        pq.write_table(pa.Table.from_pylist(out_rows), local)
+        root.write_bytes(out, local.read_bytes())
+    return {"outputs": [out], "metrics": {"clean_loss": clean_loss,
+                                          "saes": {r["sae_path"]: {k: r[k] for k in ("l0", "fvu", "delta_loss")}
+                                                   for r in out_rows}}}

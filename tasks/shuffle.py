@@ -1,0 +1,91 @@
+"""Stage 3: one (site, layer)'s shards -> one shuffled array plus the dataset statistics.
+
+Tokenize already shuffled sequence order, so a bucket of consecutive rows is a random sample of sequences;
+permuting rows inside a bucket mixes tokens across many sequences per training batch. One read and one write
+of the data, buckets in parallel, memory bounded by a bucket.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import zarr
+
+from storage.arrays import create_array, encode_rows, logical_dtype, read_rows
+from storage.root import StorageRoot
+from tasks.config import SITES, StagesConfig
+from tasks.extract import shard_group
+
+
+def shuffled_group(site: str, layer: int) -> str:
+    return f"shuffled/{site}/layer_{layer}"
+
+
+class _ConcatRows:
+    """Row ranges across the shard arrays as if they were one array."""
+
+    def __init__(self, arrays: list[zarr.Array]):
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [a.shape[0] for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def read(self, start: int, stop: int, as_torch: bool):
+        parts = []
+        for i, a in enumerate(self.arrays):
+            lo, hi = max(start, self.starts[i]), min(stop, self.starts[i + 1])
+            if lo < hi:
+                off = self.starts[i]
+                parts.append(read_rows(a, lo - off, hi - off) if as_torch else a[lo - off:hi - off])
+        if as_torch:
+
+            return torch.cat(parts)
+        return np.concatenate(parts)
+
+
+def bucket_rows(requested: int, chunk: int) -> int:
+    """Buckets cover whole output chunks so concurrent bucket writers never share a chunk."""
+    return max(chunk, (requested // chunk) * chunk)
+
+
+def shuffle_site_layer(cfg: StagesConfig, site: str, layer: int, n_shards: int, source_fingerprint: str,
+                       root: StorageRoot) -> dict:
+    xs, idxs = [], []
+    for s in range(n_shards):
+        g = zarr.open_group(store=root.zarr_store(shard_group(site, layer, s), read_only=True), mode="r")
+        xs.append(g["x"])
+        idxs.append(g["index"])
+    x_src, i_src = _ConcatRows(xs), _ConcatRows(idxs)
+    n, d = len(x_src), xs[0].shape[1]
+    dtype = logical_dtype(xs[0])
+    chunk = cfg.sae.batch_size
+    bucket = bucket_rows(cfg.shuffle.bucket_rows, chunk)
+    out = shuffled_group(site, layer)
+    root.remove(out)
+    store = root.zarr_store(out)
+    group = zarr.open_group(store=store, mode="w")
+    x_out = create_array(store, "x", (n, d), dtype, (chunk, d))
+    i_out = create_array(store, "index", (n, 2), "int32", (chunk, 2))
+    n_buckets = math.ceil(n / bucket)
+
+    def one_bucket(b: int):
+        lo, hi = b * bucket, min(n, (b + 1) * bucket)
+        rng = np.random.default_rng([cfg.seed, SITES.index(site), layer, b])
+        perm = rng.permutation(hi - lo)
+        x = x_src.read(lo, hi, as_torch=True)[perm]
+        x_out[lo:hi] = encode_rows(x, dtype, f"{out}/x")
+        i_out[lo:hi] = i_src.read(lo, hi, as_torch=False)[perm]
+        xf = x.double()
+        return xf.sum(0).numpy(), float((xf * xf).sum())
+
+    with ThreadPoolExecutor(max_workers=cfg.shuffle.workers) as pool:
+        results = list(pool.map(one_bucket, range(n_buckets)))  # summed in bucket order: deterministic
+    total = np.sum([r[0] for r in results], axis=0)
+    sq = float(np.sum([r[1] for r in results]))
+    attrs = {"count": int(n), "mean": (total / n).tolist(), "mean_sq_norm": sq / n, "dtype": dtype,
+             "source_fingerprint": source_fingerprint, "site": site, "layer": layer, "bucket_rows": bucket}
+    group.attrs.update(attrs)
+    return {"outputs": [out], "metrics": {"rows": int(n), "buckets": n_buckets, "mean_sq_norm": sq / n}}

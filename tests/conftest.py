@@ -1,0 +1,49 @@
+"""Shared fixtures: the embedded assets (built once, cached like a user's run) and small suite configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def embedded_assets():
+    from tasks.embedded import ensure_embedded_assets
+
+    return ensure_embedded_assets()
+
+
+def small_suite_dict(root: Path, **overrides) -> dict:
+    """A suite small enough to run end to end in well under a minute on 2 cores."""
+    cfg = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
+    cfg["name"] = "test"
+    cfg["storage"]["root"] = str(root / "run")
+    cfg["corpus"].update(max_train_seqs=96, n_eval_seqs=8)
+    cfg["layers"] = [0, 2]
+    cfg["extract"].update(seqs_per_shard=48, batch_size=16)
+    cfg["shuffle"].update(bucket_rows=2048)
+    cfg["sae"].update(widths=[64, 128], lambdas=[0.003, 0.03], batch_size=256, epochs=2, log_every=10,
+                      lambda_warmup_steps=20, lr_warmup_steps=5)
+    cfg["evaluate"].update(batch_size=8)
+    cfg["orchestration"]["prefect_home"] = str(root / "prefect")
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
