@@ -37,14 +37,14 @@ def _load(path: str) -> SuiteConfig:
 def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
     from flows.prepare import open_root
     from tasks.report import collect_metrics
-    from tasks.report_render import TABLE_COLUMNS, format_table_rows
+    from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
 
     root = open_root(cfg)
     rows = collect_metrics(root, keys)
     table = Table(title=f"SAEs of suite '{cfg.name}'", title_justify="left")
     for col in TABLE_COLUMNS:
         table.add_column(col, justify="left" if col == "site" else "right")
-    for r in format_table_rows(rows):
+    for r in format_table_rows(sorted_rows(rows)):
         table.add_row(*r)
     console.print(table)
     console.print(f"report: {root.path('report/index.html')}", highlight=False, soft_wrap=True)

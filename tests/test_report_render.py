@@ -1,0 +1,187 @@
+"""The report renders from synthetic evaluation rows alone, for full suites and degenerate ones alike."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.report_render import PLOT_FILES, TABLE_COLUMNS, format_table_rows, render_report, sorted_rows
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EDGES = [float(x) for x in np.arange(-8.0, 0.5, 0.5)]  # log10 firing frequency, 16 bins
+
+
+def synthetic_suite(sites=("res", "att", "mlp"), layers=(0, 3, 6, 9), widths=(1024, 4096),
+                    lambdas=(0.0003, 0.001), seed: int = 0, log_points: int = 30):
+    """Rows shaped like the evaluate stage's output, with trends a real suite shows (deeper = worse, etc.)."""
+    rng = np.random.default_rng(seed)
+    rows, logs = [], []
+    site_scale = {"res": 1.0, "att": 0.5, "mlp": 0.8}
+    site_l0 = {"res": 1.0, "att": 0.6, "mlp": 1.4}
+    site_fvu = {"res": 1.0, "att": 1.7, "mlp": 1.3}
+    for site in sites:
+        for layer in layers:
+            for width in widths:
+                for lam in lambdas:
+                    l0 = site_l0[site] * 60.0 * (0.001 / lam) ** 0.6 * (1 + 0.05 * layer) * (4096 / width) ** 0.1
+                    fvu = min(0.9, site_fvu[site] * 0.04 * (1 + 0.15 * layer) * (80 / l0) ** 0.5 * (4096 / width) ** 0.2)
+                    dl = site_scale[site] * 0.02 * (1 + 0.3 * layer) * (80 / l0) ** 0.7 * (4096 / width) ** 0.3
+                    centre = -2.5 - 0.3 * math.log10(lam / 0.001)
+                    mids = np.array(EDGES[:-1]) + 0.25
+                    hist = np.round(width * np.exp(-0.5 * ((mids - centre) / 0.8) ** 2) / 2.0).astype(int)
+                    n_dead = int(rng.integers(0, width // 50))
+                    n_dense = int(rng.integers(0, 4))
+                    rows.append({
+                        "site": site, "layer": layer, "width": width, "lambda": lam,
+                        "architecture": "jumprelu", "d_in": 512,
+                        "l0": float(l0), "fvu": float(fvu), "mse": float(fvu * 3.1),
+                        "delta_loss": float(dl), "clean_loss": 3.21, "spliced_loss": 3.21 + float(dl),
+                        "dead_frac": n_dead / width, "dense_frac": n_dense / width,
+                        "n_dead": n_dead, "n_dense": n_dense, "n_tokens": 409_600,
+                        "freq_hist": hist.tolist(), "freq_hist_edges": EDGES,
+                        "train_steps": 2000, "train_tokens": 8_192_000,
+                        "sae_path": f"saes/{site}/layer_{layer}/width_{width}/lambda_{lam:g}",
+                    })
+                    for i in range(log_points):
+                        step = (i + 1) * 2000 // log_points
+                        frac = (i + 1) / log_points
+                        logs.append({
+                            "site": site, "layer": layer, "width": width, "lambda": lam, "step": step,
+                            "tokens": step * 4096, "loss": float(1.5 * math.exp(-4 * frac) + fvu + rng.normal(0, 0.01)),
+                            "mse": float(fvu * 3 + math.exp(-4 * frac)), "l0": float(l0 * (1 + 20 * math.exp(-6 * frac))),
+                            "fvu_batch": float(fvu + 0.5 * math.exp(-4 * frac)), "dead_frac": n_dead / width,
+                            "lambda_t": lam * min(1.0, frac * 5), "lr": 7e-5,
+                        })
+    return rows, logs
+
+
+SUITE_INFO = {"model": "google/gemma-2-2b", "n SAEs": 48, "train tokens": 8_192_000,
+              "fingerprint": "3f9a1c2e7b5d4e60a1b2", "sites": ["res", "att", "mlp"]}
+
+
+def _check_outputs(paths: list[pathlib.Path], out: pathlib.Path, n_rows: int, row_columns: list[str]) -> str:
+    names = {p.name for p in paths}
+    assert names == {"metrics.parquet", "index.html", *PLOT_FILES}
+    for p in paths:
+        assert p.parent == out and p.is_file() and p.stat().st_size > 0, p
+    for name in PLOT_FILES:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+
+    table = pq.read_table(out / "metrics.parquet")
+    assert table.num_rows == n_rows
+    assert set(table.column_names) == set(row_columns)
+
+    page = (out / "index.html").read_text(encoding="utf-8")
+    for name in PLOT_FILES:
+        assert f'src="{name}"' in page, name
+    assert not re.search(r"""(src|href)=["']https?://""", page), "page must not load external resources"
+    return page
+
+
+def _body_rows(page: str) -> list[str]:
+    tbody = page.split('<table class="sortable" id="metrics">', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return re.findall(r"<tr>(.*?)</tr>", tbody)
+
+
+def test_full_suite(tmp_path):
+    rows, logs = synthetic_suite()
+    assert len(rows) == 3 * 4 * 2 * 2
+    paths = render_report(rows, logs, tmp_path, title="Test suite", suite_info=SUITE_INFO)
+    page = _check_outputs(paths, tmp_path, len(rows), list(rows[0]))
+
+    table = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
+    by_path = {r["sae_path"]: r for r in table}
+    for r in rows:
+        got = by_path[r["sae_path"]]
+        assert got["freq_hist"] == r["freq_hist"]
+        assert got["freq_hist_edges"] == pytest.approx(r["freq_hist_edges"])
+        assert got["delta_loss"] == pytest.approx(r["delta_loss"])
+
+    body = _body_rows(page)
+    assert len(body) == len(rows)
+    for r in rows:
+        assert f">{r['sae_path']}<" in page
+    assert "<title>Test suite</title>" in page
+    assert "3f9a1c2e7b5d4e60a1b2" in page and "google/gemma-2-2b" in page
+    for header in TABLE_COLUMNS:
+        assert f">{header}</th>" in page
+
+
+def test_html_table_uses_shared_formatting(tmp_path):
+    rows, logs = synthetic_suite(sites=("res",), layers=(2,), widths=(1024,), lambdas=(0.001,))
+    render_report(rows, logs, tmp_path, title="one", suite_info={})
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    cells = format_table_rows(rows)[0]
+    body = _body_rows(page)[0]
+    texts = re.findall(r"<td[^>]*>([^<]*)</td>", body)
+    assert texts[: len(TABLE_COLUMNS)] == cells
+
+
+def test_format_table_rows():
+    row = {"site": "res", "layer": 12, "width": 16384, "lambda": 0.0006, "l0": 71.234,
+           "fvu": 0.123456, "delta_loss": 0.0412345}
+    assert TABLE_COLUMNS == ("site", "layer", "width", "lambda", "L0", "FVU", "delta loss")
+    assert format_table_rows([row]) == [["res", "12", "16384", "0.0006", "71.2", "0.123", "0.0412"]]
+    missing = {"site": "att", "layer": 1, "width": 8, "lambda": 1e-3, "l0": float("nan"),
+               "fvu": None, "delta_loss": np.float32("nan")}
+    assert format_table_rows([missing]) == [["att", "1", "8", "0.001", "n/a", "n/a", "n/a"]]
+    assert format_table_rows([]) == []
+
+
+def test_sorted_rows_suite_order():
+    rows, _ = synthetic_suite(log_points=0)
+    shuffled = list(reversed(rows))
+    ordered = sorted_rows(shuffled)
+    assert [r["site"] for r in ordered[:16]] == ["res"] * 16
+    assert [(r["layer"], r["width"], r["lambda"]) for r in ordered[:4]] == [
+        (0, 1024, 0.0003), (0, 1024, 0.001), (0, 4096, 0.0003), (0, 4096, 0.001)]
+
+
+def test_single_layer_single_lambda_one_site(tmp_path):
+    rows, logs = synthetic_suite(sites=("mlp",), layers=(5,), widths=(2048,), lambdas=(0.001,))
+    paths = render_report(rows, logs, tmp_path / "report", title="tiny", suite_info={"model": "m"})
+    page = _check_outputs(paths, tmp_path / "report", 1, list(rows[0]))
+    assert len(_body_rows(page)) == 1
+
+
+def test_nan_values_and_empty_logs(tmp_path):
+    rows, _ = synthetic_suite(sites=("res", "att"), layers=(0, 1), widths=(256,), lambdas=(0.001, 0.01))
+    rows[0]["delta_loss"] = float("nan")
+    rows[1]["fvu"] = float("nan")
+    rows[2]["l0"] = float("nan")
+    rows[3]["freq_hist_edges"] = [-math.inf] + EDGES[1:]  # a "never fired" bin with an open lower edge
+    for r in rows[4:]:
+        r["delta_loss"] = r["fvu"] = float("nan")
+    paths = render_report(rows, [], tmp_path, title="nan <suite> & co", suite_info={"nested": {"a": [1, 2]}})
+    page = _check_outputs(paths, tmp_path, len(rows), list(rows[0]))
+    assert len(_body_rows(page)) == len(rows)
+    assert "n/a" in page
+    assert "nan &lt;suite&gt; &amp; co" in page
+    table = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
+    assert sum(1 for r in table if math.isnan(r["delta_loss"])) == len(rows) - 3
+
+
+def test_numpy_values_and_extra_keys(tmp_path):
+    rows, logs = synthetic_suite(sites=("att",), layers=(1, 2), widths=(512,), lambdas=(0.002,), log_points=5)
+    for r in rows:
+        r["layer"] = np.int64(r["layer"])
+        r["l0"] = np.float32(r["l0"])
+        r["freq_hist"] = np.asarray(r["freq_hist"], dtype=np.int64)
+        r["note"] = "extra"
+    paths = render_report(rows, logs, tmp_path, title="np", suite_info={"tokens": np.int64(5)})
+    _check_outputs(paths, tmp_path, len(rows), list(rows[0]))
+    table = pq.read_table(tmp_path / "metrics.parquet")
+    assert table.column("note").to_pylist() == ["extra", "extra"]
+
+
+def test_no_rows(tmp_path):
+    paths = render_report([], [], tmp_path, title="empty", suite_info={})
+    names = {p.name for p in paths}
+    assert names == {"metrics.parquet", "index.html", *PLOT_FILES}
+    assert pq.read_table(tmp_path / "metrics.parquet").num_rows == 0
+    assert "No evaluated SAEs" in (tmp_path / "index.html").read_text(encoding="utf-8")
