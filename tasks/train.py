@@ -21,6 +21,7 @@ from sae import save_gemma_scope_npz, save_saelens, train_saes
 from storage.arrays import read_rows
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
+from tasks.model import pick_device
 from tasks.shuffle import shuffled_group
 from tasks.sites import TL_HOOKS
 
@@ -69,9 +70,8 @@ def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, 
     if x.shape[0] < cfg.sae.batch_size:
         raise ValueError(f"{shuffled_group(site, layer)}: {x.shape[0]} rows, fewer than one batch "
                          f"(sae.batch_size={cfg.sae.batch_size})")
-    logs: list[dict] = []
     trained = train_saes(lambda: prefetched_batches(x, cfg.sae.batch_size), d_in=x.shape[1], cfg=cfg.sae,
-                         norm_scale=norm_scale(attrs), on_log=None)
+                         norm_scale=norm_scale(attrs), device=str(pick_device(cfg.model.device)))
     outputs, metrics = [], {}
     for t in trained:
         rel = sae_dir(site, layer, t.width, t.lam)
@@ -87,7 +87,6 @@ def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, 
             pq.write_table(pa.Table.from_pylist(rows), folder / "train_log.parquet")
             root.upload_dir(folder, rel)
         outputs.append(rel)
-        logs.extend(t.log)
         metrics[f"width_{t.width}/lambda_{t.lam:g}"] = {"steps": t.steps, "tokens": t.tokens,
                                                          "final_l0": t.log[-1]["l0"] if t.log else None}
     return {"outputs": outputs, "metrics": metrics}
