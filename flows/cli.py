@@ -50,6 +50,13 @@ def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
     console.print(f"report: {root.path('report/index.html')}", highlight=False, soft_wrap=True)
 
 
+def _drain_prefect_logs() -> None:
+    """Send the last queued log lines while the server is still up (else: 'Error logging to API')."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+
+
 def _execute(config_path: str, rerun: list[dict] | None) -> int:
     try:
         cfg = _load(config_path)
@@ -69,6 +76,7 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
         from flows.suite import suite_flow
 
         state = suite_flow(config_path, rerun=rerun, return_state=True)
+        _drain_prefect_logs()
         if not state.is_completed():
             console.print(f"[red]run failed[/red] after {time.monotonic() - t0:.1f} s: {state.message or ''}",
                           soft_wrap=True)
@@ -111,7 +119,7 @@ def cmd_status(args) -> int:
         return _fail(str(e))
     table = Table(title=f"suite '{cfg.name}'", title_justify="left")
     for col in ("stage", "units", "complete", "failed", "running", "pending", "total s", "mean s", "max s"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
+        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["stage"], *(str(r[k]) for k in ("units", "complete", "failed", "running", "pending")),
                       *(f"{r[k]:.1f}" if r[k] is not None else "-" for k in ("total_s", "mean_s", "max_s")))

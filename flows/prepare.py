@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flows.config import ConfigError, SuiteConfig
 from storage.root import StorageRoot
+from tasks.corpus import expand_paths
 from tasks.model import load_config, resolve_model_path
 from tasks.plan import suite_fingerprint
 from tasks.sites import n_layers, site_table
@@ -37,12 +38,10 @@ def prepare_suite(cfg: SuiteConfig, config_path: str, write: bool = True) -> Pre
         layers = cfg.resolved_layers(n_layers(hf_config))
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"{config_path}: {str(e).splitlines()[0]}") from None
-    if not any(p.startswith("embedded:") or "://" in p for p in cfg.corpus.paths):
-        from tasks.corpus import expand_paths
-        try:
-            expand_paths(cfg.corpus, cfg.storage.storage_options)
-        except (ValueError, FileNotFoundError) as e:
-            raise ConfigError(f"{config_path}: {e}") from None
+    try:
+        expand_paths(cfg.corpus, cfg.storage.storage_options)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"{config_path}: {e}") from None
     root = open_root(cfg)
     fp = suite_fingerprint(cfg)
     # the name SAELens/Neuronpedia know the model by: a hub id as given, else the folder name

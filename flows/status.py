@@ -13,7 +13,8 @@ from tasks.tokenize import TOKENS_TRAIN
 
 def stage_status(cfg: SuiteConfig, config_path: str) -> list[dict]:
     prepared = prepare_suite(cfg, config_path, write=False)
-    root, ledger = prepared.root, Ledger(root)
+    root = prepared.root
+    ledger = Ledger(root)
     plan = {"tokenize": tokenize_units(cfg)}
     if ledger.is_complete("tokenize", "corpus", plan["tokenize"][0].fingerprint):
         n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]

@@ -26,7 +26,7 @@ def expand_paths(cfg: CorpusConfig, storage_options: dict[str, Any]) -> list[str
             out.append(str(path))
             continue
         fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options if "://" in pattern else None)
-        files = sorted(p for p in paths if not fs.isdir(p))
+        files = sorted(p for p in paths if fs.isfile(p))
         if not files:
             raise FileNotFoundError(f"corpus.paths: no corpus file matches {pattern}")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

@@ -73,7 +73,7 @@ def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageR
     key = (site, layer)
     clean = [0.0, 0]
     spliced = {i: [0.0, 0] for i in range(len(saes))}
-    metrics = {i: SAEMetrics(d_sae=s[3].W_enc.shape[1], dense_threshold=cfg.evaluate.dense_threshold)
+    metrics = {i: SAEMetrics(dense_threshold=cfg.evaluate.dense_threshold)
                for i, s in enumerate(saes)}
     bs = cfg.evaluate.batch_size
     with torch.inference_mode():
