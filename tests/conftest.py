@@ -1,7 +1,9 @@
 """Shared fixtures: the embedded assets (built once, cached like a user's run) and small suite configs."""
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,21 @@ def small_suite_dict(root: Path, **overrides) -> dict:
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server for the session (~10-20 s to start), as `scopeflow run` starts one."""
+    from infra.prefect_server import start_server, stop_server
+
+    proc, api_url = start_server(tmp_path_factory.mktemp("prefect-home"))
+    yield api_url
+    stop_server(proc)
+
+
+def api_post(api_url: str, path: str, body: dict) -> list[dict]:
+    """The REST API behind the dashboard: what a person would see there."""
+    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())

@@ -1,0 +1,124 @@
+"""The real flow on a small suite: `scopeflow` as a user runs it, through a Prefect server and Ray."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.config import SuiteConfig
+from storage.ledger import Ledger
+from storage.root import StorageRoot
+from tests.conftest import REPO, api_post, small_suite_dict, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def scopeflow(api_url: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def end_times(root: StorageRoot) -> dict[str, str]:
+    ledger = Ledger(root)
+    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in ("tokenize", "extract", "shuffle", "train", "evaluate",
+                                                              "report") for r in ledger.records(s)}
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {k for k in after if before.get(k) != after[k]}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, prefect_server, embedded_assets):
+    tmp = tmp_path_factory.mktemp("suite")
+    cfg_dict = small_suite_dict(tmp)
+    path = write_config(tmp / "suite.yaml", cfg_dict)
+    proc = scopeflow(prefect_server, "run", str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, path, cfg_dict, proc
+
+
+def test_first_run_writes_every_output_and_ledger_record(first_run):
+    tmp, path, cfg_dict, proc = first_run
+    cfg = SuiteConfig.model_validate(cfg_dict)
+    root = StorageRoot(cfg.storage.root)
+    run = Path(cfg.storage.root)
+    assert "delta loss" in proc.stdout and "report:" in proc.stdout
+    suite_json = json.loads((run / "suite.json").read_text())
+    assert suite_json["resolved"]["layers"] == [0, 2] and suite_json["versions"]["prefect"] == "3.8.8"
+    n_shards = 2
+    expected = ["tokens/train/zarr.json", "tokens/eval/zarr.json", "report/index.html", "report/metrics.parquet",
+                "report/delta_loss_by_layer.png", "report/l0_by_layer.png", "report/fvu_by_layer.png"]
+    for site in cfg.sites:
+        for layer in (0, 2):
+            expected += [f"activations/{site}/layer_{layer}/shard_{s:05d}/x/zarr.json" for s in range(n_shards)]
+            expected += [f"activations/{site}/layer_{layer}/shard_{s:05d}/index/zarr.json" for s in range(n_shards)]
+            expected += [f"shuffled/{site}/layer_{layer}/x/zarr.json", f"evals/{site}/layer_{layer}.parquet"]
+            for w in cfg.sae.widths:
+                for lam in cfg.sae.lambdas:
+                    d = f"saes/{site}/layer_{layer}/width_{w}/lambda_{lam:g}"
+                    expected += [f"{d}/params.npz", f"{d}/cfg.json", f"{d}/sae_weights.safetensors",
+                                 f"{d}/train_log.parquet"]
+    missing = [p for p in expected if not (run / p).exists()]
+    assert not missing, missing
+    ledger = Ledger(root)
+    counts = {s: ledger.records(s) for s in ("tokenize", "extract", "shuffle", "train", "evaluate", "report")}
+    assert {s: len(v) for s, v in counts.items()} == {"tokenize": 1, "extract": n_shards, "shuffle": 6, "train": 6,
+                                                      "evaluate": 6, "report": 1}
+    for recs in counts.values():
+        for r in recs:
+            assert r.status == "complete" and r.attempt == 1 and r.fingerprint and r.outputs
+            assert r.ended_at >= r.started_at
+
+
+def test_runs_reached_the_prefect_server(first_run, prefect_server):
+    flow_runs = api_post(prefect_server, "/flow_runs/filter", {})
+    names = {r["name"] for r in flow_runs}
+    assert {"tokenize", "extract", "shuffle", "train", "evaluate", "report"} <= names
+    assert any(n.startswith("suite:") for n in names)
+    assert all(r["state_type"] == "COMPLETED" for r in flow_runs if r["name"] in ("extract", "train")), flow_runs
+    task_runs = {r["name"] for r in api_post(prefect_server, "/task_runs/filter", {"limit": 200})}
+    assert {"extract:shard_00000", "extract:shard_00001", "train:res/layer_0", "evaluate:mlp/layer_2",
+            "report:suite"} <= task_runs
+
+
+def test_rerun_rules(first_run, prefect_server):
+    tmp, path, cfg_dict, _ = first_run
+    root = StorageRoot(cfg_dict["storage"]["root"])
+
+    t0 = end_times(root)
+    proc = scopeflow(prefect_server, "run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing to do" in proc.stdout
+    assert changed(t0, end_times(root)) == set()
+
+    # one unit's output deleted: that unit and what depends on it
+    root.remove("saes/res/layer_2")
+    proc = scopeflow(prefect_server, "run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t1 = end_times(root)
+    assert changed(t0, t1) == {"train:res/layer_2", "evaluate:res/layer_2", "report:suite"}
+
+    # a training setting changed: every train unit and what depends on it, nothing upstream
+    cfg_dict["sae"]["lr"] = 0.002
+    write_config(path, cfg_dict)
+    proc = scopeflow(prefect_server, "run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t2 = end_times(root)
+    assert changed(t1, t2) == ({f"{s}:{site}/layer_{layer}" for s in ("train", "evaluate")
+                                for site in ("res", "att", "mlp") for layer in (0, 2)} | {"report:suite"})
+
+    # rerun one (site, layer) of one stage: forced, plus its dependents
+    proc = scopeflow(prefect_server, "rerun", str(path), "--stage", "shuffle", "--site", "att", "--layer", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert changed(t2, end_times(root)) == {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:att/layer_0",
+                                            "report:suite"}
+
+    status = scopeflow(prefect_server, "status", str(path))
+    assert status.returncode == 0, status.stderr
+    assert "train" in status.stdout and "6" in status.stdout
