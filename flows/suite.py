@@ -65,6 +65,8 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     result = {"stages": summary, "root": root.url, "ran": sorted(state.ran), "failed": sorted(state.failed),
               "blocked": sorted(state.blocked), "report": root.path("report/index.html")}
     _publish_artifacts(result)
+    if "report:suite" not in state.failed and "report:suite" not in state.blocked:
+        _publish_metrics(root, [(u.site, u.layer) for u in plan["evaluate"]])
     if state.failed:
         lines = [f"  {k}   re-run: {rerun_command(config_path, k)}" for k in sorted(state.failed)]
         raise RuntimeError(f"{len(state.failed)} unit(s) failed ({len(state.blocked)} blocked behind them):\n"
@@ -80,6 +82,14 @@ def _publish_artifacts(result: dict) -> None:
     if result["failed"]:
         lines.append("**failed units**: " + ", ".join(f"`{k}`" for k in result["failed"]))
     create_markdown_artifact("\n\n".join(lines), key="scopeflow-run", description="scopeflow run summary")
+
+
+def _publish_metrics(root, keys: list[tuple[str, int]]) -> None:
+    from tasks.report import collect_metrics
+    from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+
+    rows = [dict(zip(TABLE_COLUMNS, r)) for r in format_table_rows(sorted_rows(collect_metrics(root, keys)))]
+    create_table_artifact(rows, key="scopeflow-metrics", description="every SAE of the suite, on held-out tokens")
 
 
 @flow(name="scopeflow-rerun", flow_run_name="rerun:{stage}:{site}:{layer}", persist_result=False)

@@ -626,18 +626,13 @@ def tiny_gemma2_config(vocab_size: int):
 
 
 def pack_sequences(docs_ids: list[list[int]], ctx: int, bos_id: int, eos_id: int):
-    """Documents joined by EOS and cut into rows of ctx that each start with BOS: the layout the tokenize
-    stage produces (DESIGN section 4), so the model is trained on what it will later be probed with."""
-    import numpy as np
+    """The tokenize stage's packing (documents joined by EOS, rows of ctx starting with BOS), as int64
+    tensors: the model is trained on exactly what it will later be probed with."""
     import torch
 
-    stream = np.fromiter((t for ids in docs_ids for t in (*ids, eos_id)), dtype=np.int64)
-    body = ctx - 1
-    n = len(stream) // body
-    rows = np.empty((n, ctx), dtype=np.int64)
-    rows[:, 0] = bos_id
-    rows[:, 1:] = stream[: n * body].reshape(n, body)
-    return torch.from_numpy(rows)
+    from tasks.tokenize import pack_sequences as pack_rows
+
+    return torch.from_numpy(pack_rows(docs_ids, ctx, bos_id, eos_id).astype("int64"))
 
 
 @contextlib.contextmanager

@@ -21,13 +21,7 @@ CASES = {
 @pytest.mark.parametrize("command", ["run", "status"])
 def test_bad_config_is_one_line_and_writes_nothing(case, command, tmp_path, capsys, embedded_assets):
     overrides, pattern = CASES[case]
-    cfg = small_suite_dict(tmp_path)
-    for key, value in overrides.items():
-        section, _, field = key.partition(".")
-        if field:
-            cfg[section][field] = value
-        else:
-            cfg[section] = value
+    cfg = small_suite_dict(tmp_path, **overrides)
     path = write_config(tmp_path / "bad.yaml", cfg)
     code = main([command, str(path)])
     err = capsys.readouterr().err.strip()
