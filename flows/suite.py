@@ -65,7 +65,7 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     result = {"stages": summary, "root": root.url, "ran": sorted(state.ran), "failed": sorted(state.failed),
               "blocked": sorted(state.blocked), "report": root.path("report/index.html")}
     _publish_artifacts(result)
-    if "report:suite" not in state.failed and "report:suite" not in state.blocked:
+    if "evaluate" in plan and "report:suite" not in state.failed | state.blocked:
         _publish_metrics(root, [(u.site, u.layer) for u in plan["evaluate"]])
     if state.failed:
         lines = [f"  {k}   re-run: {rerun_command(config_path, k)}" for k in sorted(state.failed)]
