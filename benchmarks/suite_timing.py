@@ -52,7 +52,7 @@ def main() -> int:
     ledger = Ledger(StorageRoot(cfg["storage"]["root"]))
     print(f"## `scopeflow run {args.config}` from a clean root\n")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
-    print(f"wall time (server start, Ray start, all stages, report): **{wall:.1f} s**\n")
+    print(f"Wall time (Prefect server start, Ray start, all stages, report): **{wall:.1f} s**\n")
     print("| stage | units | sum of unit times (s) | slowest unit (s) |")
     print("|---|---:|---:|---:|")
     for stage in STAGES:
