@@ -122,3 +122,24 @@ def test_rerun_rules(first_run, prefect_server):
     status = scopeflow(prefect_server, "status", str(path))
     assert status.returncode == 0, status.stderr
     assert "train" in status.stdout and "6" in status.stdout
+
+
+def test_a_failed_unit_blocks_only_its_dependents(first_run, prefect_server):
+    """A corrupted activation chunk fails its shuffle unit (checksum); siblings go on, the units reading it
+    wait, the run exits non-zero naming the unit and the command that re-runs it, nothing is marked complete."""
+    tmp, path, cfg_dict, _ = first_run
+    root = StorageRoot(cfg_dict["storage"]["root"])
+    chunk = Path(cfg_dict["storage"]["root"]) / "activations/res/layer_0/shard_00000/x/c/0/0"
+    chunk.write_bytes(b"\0" * chunk.stat().st_size)
+    t0 = end_times(root)
+    proc = scopeflow(prefect_server, "rerun", str(path), "--stage", "shuffle")
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "shuffle:res/layer_0" in proc.stderr
+    assert f"scopeflow rerun {path} --stage shuffle --site res --layer 0" in proc.stderr
+    ledger = Ledger(root)
+    failed = ledger.get("shuffle", "res/layer_0")
+    assert failed.status == "failed" and failed.error is not None and failed.attempt >= 2  # Prefect retried it
+    assert changed(t0, end_times(root)) >= {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:mlp/layer_2"}
+    for stage in ("train", "evaluate"):
+        assert ledger.get(stage, "res/layer_0").ended_at.isoformat() == t0[f"{stage}:res/layer_0"]
+    assert ledger.get("report", "suite").ended_at.isoformat() == t0["report:suite"]
