@@ -30,10 +30,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _load(path: str) -> SuiteConfig:
-    return load_suite_config(path)
-
-
 def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
     from flows.prepare import open_root
     from tasks.report import collect_metrics
@@ -59,7 +55,7 @@ def _drain_prefect_logs() -> None:
 
 def _execute(config_path: str, rerun: list[dict] | None) -> int:
     try:
-        cfg = _load(config_path)
+        cfg = load_suite_config(config_path)
         from flows.prepare import prepare_suite
 
         with console.status("checking config and model (the embedded model is built once, ~2 min)"):
@@ -113,7 +109,7 @@ def cmd_status(args) -> int:
     from flows.status import stage_status
 
     try:
-        cfg = _load(args.config)
+        cfg = load_suite_config(args.config)
         rows = stage_status(cfg, args.config)
     except ConfigError as e:
         return _fail(str(e))
@@ -132,7 +128,7 @@ def cmd_status(args) -> int:
 
 def cmd_report(args) -> int:
     try:
-        cfg = _load(args.config)
+        cfg = load_suite_config(args.config)
         from flows.prepare import prepare_suite
         prepared = prepare_suite(cfg, args.config, write=False)
         _print_metrics(cfg, [(s, layer) for s in cfg.sites for layer in prepared.layers])
@@ -147,7 +143,7 @@ def cmd_server(args) -> int:
     """The dashboard over the same database `scopeflow run` uses, until Ctrl-C."""
     from infra.prefect_server import start_server, stop_server
 
-    cfg = _load(args.config)
+    cfg = load_suite_config(args.config)
     proc, api_url = start_server(Path(cfg.orchestration.prefect_home).resolve(), port=args.port)
     console.print(f"Prefect dashboard: {api_url[:-4]}  (API {api_url}); Ctrl-C stops it", highlight=False)
     console.print(f"runs use it with: export PREFECT_API_URL={api_url}", highlight=False)

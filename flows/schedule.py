@@ -35,10 +35,12 @@ def select(specs: list[UnitSpec], ledger: Ledger, state: RunState, selectors: li
     for spec in specs:
         if any(d in state.failed or d in state.blocked for d in spec.deps):
             state.blocked.add(spec.key)
-        elif (any(s.matches(spec) for s in selectors) or any(d in state.ran for d in spec.deps)
-              or not ledger.is_complete(spec.stage, spec.unit, spec.fingerprint)):
-            if any(s.matches(spec) for s in selectors):
-                state.forced.add(spec.key)
+            continue
+        forced = any(s.matches(spec) for s in selectors)
+        if forced:
+            state.forced.add(spec.key)
+        if (forced or any(d in state.ran for d in spec.deps)
+                or not ledger.is_complete(spec.stage, spec.unit, spec.fingerprint)):
             to_run.append(spec)
         else:
             state.skipped.add(spec.key)

@@ -5,8 +5,6 @@ is not a Python exception. A unit that still fails is recorded `failed` and its 
 """
 from __future__ import annotations
 
-import time
-
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed

@@ -92,7 +92,7 @@ class Ledger:
         """Every record of a stage; unit ids may contain '/' (site/layer), so walk the folder."""
         base = f"state/{stage}"
         out: list[UnitRecord] = []
-        fs, prefix = self.root.fs, self.root._fs_path(base)
+        fs, prefix = self.root.fs, self.root.fs_path(base)
         if not fs.exists(prefix):
             return out
         for path in sorted(fs.find(prefix)):

@@ -49,27 +49,28 @@ class StorageRoot:
         rel = posixpath.join(*parts) if parts else ""
         return posixpath.join(self.url, rel) if rel else self.url
 
-    def _fs_path(self, rel: str) -> str:
+    def fs_path(self, rel: str) -> str:
+        """The path as the fsspec filesystem names it (no protocol)."""
         return self.fs._strip_protocol(self.path(rel))
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self._fs_path(rel))
+        return self.fs.exists(self.fs_path(rel))
 
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) directly under rel; empty when rel does not exist."""
         try:
-            entries = self.fs.ls(self._fs_path(rel), detail=False)
+            entries = self.fs.ls(self.fs_path(rel), detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self._fs_path(rel))
+        return self.fs.cat_file(self.fs_path(rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: a reader sees the old file or the new one, never half of it (rename locally; an object
         store's PUT is atomic already)."""
-        target = self._fs_path(rel)
+        target = self.fs_path(rel)
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
@@ -95,7 +96,7 @@ class StorageRoot:
     def remove(self, rel: str) -> None:
         """Remove a file or a whole folder; a missing path is not an error (a unit clears its own outputs
         before rewriting them)."""
-        target = self._fs_path(rel)
+        target = self.fs_path(rel)
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
 
@@ -103,23 +104,23 @@ class StorageRoot:
         """Copy a finished local folder to rel (replacing what was there)."""
         self.remove(rel)
         if self.is_local:
-            dst = self._fs_path(rel)
+            dst = self.fs_path(rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copytree(local_dir, dst)
         else:
-            self.fs.put(str(local_dir).rstrip("/") + "/", self._fs_path(rel), recursive=True)
+            self.fs.put(str(local_dir).rstrip("/") + "/", self.fs_path(rel), recursive=True)
 
     def download_dir(self, rel: str, local_dir: str | os.PathLike) -> Path:
         """A local copy of rel, for libraries that only read local files; local roots are used in place."""
         if self.is_local:
-            return Path(self._fs_path(rel))
-        self.fs.get(self._fs_path(rel).rstrip("/") + "/", str(local_dir), recursive=True)
+            return Path(self.fs_path(rel))
+        self.fs.get(self.fs_path(rel).rstrip("/") + "/", str(local_dir), recursive=True)
         return Path(local_dir)
 
     def zarr_store(self, rel: str, read_only: bool = False):
         import zarr.storage
 
         if self.is_local:
-            return zarr.storage.LocalStore(self._fs_path(rel), read_only=read_only)
+            return zarr.storage.LocalStore(self.fs_path(rel), read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.path(rel), storage_options=self.storage_options,
                                                  read_only=read_only)

@@ -41,7 +41,6 @@ class _ConcatRows:
                 off = self.starts[i]
                 parts.append(read_rows(a, lo - off, hi - off) if as_torch else a[lo - off:hi - off])
         if as_torch:
-
             return torch.cat(parts)
         return np.concatenate(parts)
 

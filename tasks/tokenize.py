@@ -34,7 +34,6 @@ def tokenize_corpus(cfg: StagesConfig, root: StorageRoot) -> dict:
     if tok.bos_token_id is None or tok.eos_token_id is None:
         raise ValueError(f"model.name_or_path: tokenizer of {cfg.model.name_or_path} has no BOS/EOS token")
     docs_ids: list[list[int]] = []
-    n_docs = 0
     for path in expand_paths(cfg.corpus, cfg.storage.storage_options):
         batch: list[str] = []
         for text in read_documents(path, cfg.corpus.text_field, cfg.storage.storage_options):

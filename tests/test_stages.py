@@ -14,7 +14,7 @@ from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from sae import load_gemma_scope_npz, load_saelens
 from storage.arrays import read_rows
-from tasks.evaluate import evaluate_site_layer, eval_path
+from tasks.evaluate import eval_path
 from tasks.execute import run_unit
 from tasks.extract import n_shards, shard_group
 from tasks.model import load_model, load_tokenizer
