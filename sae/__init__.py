@@ -1,9 +1,15 @@
-"""JumpReLU SAE math, the multi-SAE trainer, metrics and release formats (DESIGN section 5).
+"""Sparse autoencoders -- JumpReLU and its TopK and ReLU + L1 baselines -- the sweep trainer with
+checkpoint/resume, metrics and release formats (DESIGN section 5).
 
 Pure torch + numpy + safetensors + pydantic, so the same code runs inside a Ray worker, a test, or a
 notebook without the orchestration stack.
 """
+from .architectures import SAE_CLASSES, SweepPoint, sweep_points
+from .base import SparseAutoencoder
+from .baselines import ReLUSAE, TopKSAE
+from .checkpoint import CheckpointStore, FileCheckpoint
 from .config import TrainConfig
+from .data import ArrayBatches
 from .export import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
 from .jumprelu import JumpReLUSAE
 from .metrics import SAEMetrics
@@ -11,7 +17,16 @@ from .trainer import TrainedSAE, train_saes
 
 __all__ = [
     "TrainConfig",
+    "SparseAutoencoder",
     "JumpReLUSAE",
+    "TopKSAE",
+    "ReLUSAE",
+    "SAE_CLASSES",
+    "SweepPoint",
+    "sweep_points",
+    "ArrayBatches",
+    "CheckpointStore",
+    "FileCheckpoint",
     "TrainedSAE",
     "train_saes",
     "SAEMetrics",

@@ -4,20 +4,33 @@ Defaults are Gemma Scope's (DESIGN section 5), so a suite config only states wha
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Architecture = Literal["jumprelu", "topk", "relu"]
+
+#: fields that change how training runs but never what it produces; fingerprints leave them out
+RUNTIME_FIELDS = frozenset({"checkpoint_every"})
+SPARSITY_FIELDS: dict[str, str] = {"jumprelu": "lambdas", "topk": "topk_ks", "relu": "l1_coefficients"}
 
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training unit.
 
-    `widths` x `lambdas` is the sweep: every pair is trained on the same batches, because reading the
-    activations is the expensive part and one pass can feed them all.
+    The sweep is, for each architecture, widths x its sparsity settings (`lambdas` for JumpReLU's L0
+    coefficient, `topk_ks` for TopK, `l1_coefficients` for ReLU + L1): every SAE is trained on the same
+    batches, because reading the activations is the expensive part and one pass can feed them all.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     widths: list[int] = Field(default_factory=lambda: [16384])
     lambdas: list[float] = Field(default_factory=lambda: [0.001])
+    architectures: list[Architecture] = Field(default_factory=lambda: ["jumprelu"])
+    topk_ks: list[int] = Field(default_factory=lambda: [64], description="k of each TopK baseline")
+    l1_coefficients: list[float] = Field(default_factory=lambda: [5.0],
+                                         description="L1 coefficient of each ReLU baseline (warmed up like lambda)")
     threshold_init: float = Field(0.001, ge=0)
     bandwidth: float = Field(0.001, gt=0)
     lr: float = Field(7e-5, gt=0)
@@ -30,6 +43,11 @@ class TrainConfig(BaseModel):
     batch_size: int = 4096
     epochs: int = Field(1, ge=1, description="passes over the data; tiny suites use more than one")
     log_every: int = Field(50, gt=0)
+    dead_window_tokens: int = Field(10_000_000, gt=0,
+                                    description="a latent that has not fired for this many tokens counts as dead")
+    checkpoint_every: int = Field(1000, ge=0, description="steps between checkpoints; 0 turns them off")
+    autocast_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="matmul dtype; parameters, thresholds and Adam state stay float32 either way")
     dense_threshold: float = Field(0.1, gt=0, le=1)
     seed: int = 0
 
@@ -42,14 +60,31 @@ class TrainConfig(BaseModel):
             raise ValueError(f"widths must be positive, got {v}")
         return v
 
-    @field_validator("lambdas")
+    @field_validator("lambdas", "l1_coefficients", "topk_ks")
     @classmethod
-    def _lambdas_positive(cls, v: list[float]) -> list[float]:
+    def _sparsity_positive(cls, v: list, info) -> list:
         if not v:
-            raise ValueError("lambdas must name at least one sparsity coefficient")
-        if any(lam <= 0 for lam in v):
-            raise ValueError(f"lambdas must be positive, got {v}")
+            raise ValueError(f"{info.field_name} must name at least one sparsity setting")
+        if any(c <= 0 for c in v):
+            raise ValueError(f"{info.field_name} must be positive, got {v}")
         return v
+
+    @field_validator("architectures")
+    @classmethod
+    def _architectures_distinct(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"architectures must name each architecture once, got {v}")
+        return v
+
+    def sparsities(self, architecture: str) -> list[float]:
+        """The sweep's sparsity settings for one architecture."""
+        return getattr(self, SPARSITY_FIELDS[architecture])
+
+    def shaping_fields(self) -> dict:
+        """The fields that shape the trained SAEs: what a fingerprint or a checkpoint must match. Sweeps of
+        architectures not trained are left out, so adding `topk_ks` to a JumpReLU-only suite changes nothing."""
+        unused = {f for a, f in SPARSITY_FIELDS.items() if a not in self.architectures}
+        return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | unused)
 
     @field_validator("batch_size")
     @classmethod

@@ -1,8 +1,9 @@
 """Release formats of a folded SAE: Gemma Scope's params.npz and SAELens v6 (cfg.json + safetensors).
 
-Both hold the same five tensors W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold, so
-an SAE from this project loads wherever Gemma Scope's releases do. Paths are local; callers stage remote
-copies themselves.
+A JumpReLU SAE is the five tensors W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold in
+both, so it loads wherever Gemma Scope's releases do. A ReLU SAE is a JumpReLU SAE with zero thresholds
+(so it, too, has a params.npz) and SAELens's "standard" architecture; a TopK SAE exists only as SAELens's
+"topk", with `k` in cfg.json. Paths are local; callers stage remote copies themselves.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .architectures import SAE_CLASSES
+from .base import SparseAutoencoder
 from .jumprelu import JumpReLUSAE
 
 SAELENS_CFG = "cfg.json"
@@ -23,15 +26,27 @@ SAELENS_VERSION = "6.0.0"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _cpu_tensors(sae: JumpReLUSAE) -> dict[str, torch.Tensor]:
+#: our architecture name -> SAELens v6's
+SAELENS_ARCHITECTURES = {"jumprelu": "jumprelu", "topk": "topk", "relu": "standard"}
+
+
+def _cpu_tensors(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in sae.state_tensors().items()}
 
 
-def save_gemma_scope_npz(sae: JumpReLUSAE, path: str | Path) -> None:
+def has_gemma_scope_form(sae: SparseAutoencoder) -> bool:
+    """Gemma Scope's params.npz is a JumpReLU SAE; ReLU is one with zero thresholds, TopK is none."""
+    return sae.architecture in ("jumprelu", "relu")
+
+
+def save_gemma_scope_npz(sae: SparseAutoencoder, path: str | Path) -> None:
     """Gemma Scope's format has no flag for a pre-encoder bias, so only a folded SAE can be written."""
     if sae.apply_b_dec_to_input:
         raise ValueError("params.npz holds folded SAEs only (apply_b_dec_to_input=False); call folded(C) first")
+    if not has_gemma_scope_form(sae):
+        raise ValueError(f"params.npz holds JumpReLU SAEs; a {sae.architecture} SAE has no such form")
     arrays = {name: t.numpy() for name, t in _cpu_tensors(sae).items()}
+    arrays.setdefault("threshold", np.zeros(sae.d_sae, dtype=np.float32))
     with open(path, "wb") as fh:  # a file handle, so numpy does not append ".npz" to the name
         np.savez(fh, **arrays)
 
@@ -43,7 +58,7 @@ def load_gemma_scope_npz(path: str | Path) -> JumpReLUSAE:
 
 
 def saelens_cfg(
-    sae: JumpReLUSAE,
+    sae: SparseAutoencoder,
     *,
     model_name: str,
     hook_name: str,
@@ -52,7 +67,7 @@ def saelens_cfg(
     dtype: str = "float32",
     extra_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The cfg.json dict SAELens v6 writes for an inference JumpReLU SAE (SAEConfig.to_dict())."""
+    """The cfg.json dict SAELens v6 writes for an inference SAE of this architecture (SAEConfig.to_dict())."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     metadata: dict[str, Any] = {
@@ -69,8 +84,8 @@ def saelens_cfg(
         "model_from_pretrained_kwargs": {},
     }
     metadata.update(extra_metadata or {})
-    return {
-        "architecture": "jumprelu",
+    cfg: dict[str, Any] = {
+        "architecture": SAELENS_ARCHITECTURES[sae.architecture],
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": dtype,
@@ -80,10 +95,14 @@ def saelens_cfg(
         "reshape_activations": "none",
         "metadata": metadata,
     }
+    if sae.architecture == "topk":
+        cfg["k"] = sae.k
+        cfg["rescale_acts_by_decoder_norm"] = False
+    return cfg
 
 
 def save_saelens(
-    sae: JumpReLUSAE,
+    sae: SparseAutoencoder,
     folder: str | Path,
     *,
     model_name: str,
@@ -107,16 +126,24 @@ def save_saelens(
     (folder / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def load_saelens(folder: str | Path) -> tuple[JumpReLUSAE, dict[str, Any]]:
-    """Load a SAELens v6 JumpReLU SAE saved by save_saelens (or SAELens itself) as float32."""
+def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict[str, Any]]:
+    """Load a SAELens v6 JumpReLU, TopK or standard (ReLU) SAE, saved by save_saelens or SAELens, as float32."""
     folder = Path(folder)
     cfg = json.loads((folder / SAELENS_CFG).read_text())
-    if cfg.get("architecture") != "jumprelu":
-        raise ValueError(f"not a JumpReLU SAE: architecture={cfg.get('architecture')!r}")
+    arch = cfg.get("architecture")
+    ours = {v: k for k, v in SAELENS_ARCHITECTURES.items()}.get(arch)
+    if ours is None:
+        raise ValueError(f"{folder / SAELENS_CFG}: architecture={arch!r} is not one of "
+                         f"{sorted(SAELENS_ARCHITECTURES.values())}")
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold it first")
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        raise ValueError(f"{folder / SAELENS_CFG}: rescale_acts_by_decoder_norm=true is not supported")
+    if ours == "topk" and not isinstance(cfg.get("k"), int):
+        raise ValueError(f"{folder / SAELENS_CFG}: a topk SAE with no k")
     tensors = load_file(str(folder / SAELENS_WEIGHTS))
-    sae = JumpReLUSAE.from_tensors(tensors, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)))
+    hyper = {"k": cfg["k"]} if ours == "topk" else {}
+    sae = SAE_CLASSES[ours].from_tensors(tensors, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)), **hyper)
     if (sae.d_in, sae.d_sae) != (cfg.get("d_in"), cfg.get("d_sae")):
         raise ValueError(f"cfg.json says d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')}; "
                          f"weights are {sae.d_in} x {sae.d_sae}")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .jumprelu import JumpReLUSAE
+from .base import SparseAutoencoder
 
 #: log10 firing-frequency bin edges, -8 to 0 in steps of 0.5 (Gemma Scope's density plots).
 FREQ_HIST_EDGES: tuple[float, ...] = tuple(float(e) for e in np.arange(-8.0, 0.25, 0.5))
@@ -51,6 +51,13 @@ class SAEMetrics:
         self._sum_sq_norm += x.pow(2).sum()
         self._sum_x += x.sum(0)
         self._fire_counts += active.sum(0)
+
+    def seen_mean(self) -> Tensor:
+        """The mean of the activations seen so far (float64, CPU): FVU's reference when no training-set
+        mean is known."""
+        if self._sum_x is None:
+            raise ValueError("no tokens seen: call update() first")
+        return self._sum_x.cpu() / self.n_tokens
 
     def result(self, dataset_mean: Tensor) -> dict:
         """Scalars as Python numbers, `fire_counts` as a CPU int64 tensor [d_sae].
@@ -96,7 +103,7 @@ class SAEMetrics:
 
 @torch.no_grad()
 def evaluate_sae(
-    sae: JumpReLUSAE,
+    sae: SparseAutoencoder,
     batches: Iterable[Tensor],
     dataset_mean: Tensor,
     dense_threshold: float = 0.1,

@@ -1,179 +1,257 @@
-"""Train every width x lambda SAE of one (site, layer) on a single stream of batches.
+"""Train every SAE of a sweep -- architectures x widths x sparsities -- on a single stream of batches.
 
 Reading activations dominates the cost at scale, so each batch is read once and fed to every SAE in turn
-(Gemma Scope's shared data server, dictionary_learning's trick). Each SAE keeps its own Adam.
+(Gemma Scope's shared data server, dictionary_learning's trick). Each SAE keeps its own Adam. With a
+checkpoint store the whole state (parameters, Adam moments, step, data position, per-latent firing
+history, logs, RNG) is saved every `checkpoint_every` steps, and a restarted call resumes from it; the
+schedules are pure functions of the step, so a resumed run is the uninterrupted run, bit for bit on CPU.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .architectures import SweepPoint, build_sae, sweep_points
+from .base import SparseAutoencoder
+from .checkpoint import CheckpointStore, dumps, loads
 from .config import TrainConfig
-from .jumprelu import JumpReLUSAE
+from .data import ArrayBatches, BatchSource, check_source, is_array, stream_from
 from .schedules import lambda_at, lr_at
 
-BatchSource = Union[Iterable[Tensor], Callable[[], Iterable[Tensor]]]
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
 class TrainedSAE:
     """One trained SAE, already folded so it eats raw activations, with its training log."""
 
+    architecture: str
     width: int
-    lam: float
-    sae: JumpReLUSAE
+    sparsity: float
+    sae: SparseAutoencoder
     steps: int
     tokens: int
     log: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def point(self) -> SweepPoint:
+        return SweepPoint(self.architecture, self.width, self.sparsity)
+
+    @property
+    def lam(self) -> float:
+        """The sparsity setting under JumpReLU's name (lambda), for the common single-architecture case."""
+        return self.sparsity
 
 
 @dataclass
 class _Run:
-    """Mutable per-SAE training state; the last step's losses are kept on device so logging can read them
-    after the stream ends without a look-ahead (which would break sources that reuse batch buffers)."""
+    """Mutable per-SAE training state. The last step's losses stay on device so logging reads them after
+    the stream ends without a look-ahead (which would break sources that reuse batch buffers)."""
 
-    width: int
-    lam: float
-    sae: JumpReLUSAE
+    point: SweepPoint
+    sae: SparseAutoencoder
     opt: torch.optim.Adam
-    fired: Tensor
+    gen: torch.Generator
+    last_fired: Tensor  # tokens seen when each latent last fired
     last: dict[str, Tensor] = field(default_factory=dict)
-    lam_t: float = 0.0
+    coeff: float = 0.0
     log: list[dict] = field(default_factory=list)
 
 
-def _generator_for(seed: int, width_index: int, lambda_index: int) -> torch.Generator:
-    """A per-SAE seed that depends only on the sweep position, so adding a width leaves others unchanged."""
-    state = np.random.SeedSequence([seed, width_index, lambda_index]).generate_state(2, dtype=np.uint32)
+def _generator_for(seed: int, width_index: int, sparsity_index: int) -> torch.Generator:
+    """A per-SAE seed that depends only on the sweep position, so adding a width leaves others unchanged
+    and every architecture at the same position starts from the same dictionary."""
+    state = np.random.SeedSequence([seed, width_index, sparsity_index]).generate_state(2, dtype=np.uint32)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(state[0]) << 32 | int(state[1]))
     return gen
 
 
-def _epoch_stream(batches: BatchSource, epochs: int) -> Iterator[Tensor]:
-    if callable(batches):
-        for _ in range(epochs):
-            yield from batches()
-        return
-    for _ in range(epochs):
-        yield from batches
+def _new_runs(d_in: int, cfg: TrainConfig, device: torch.device) -> list[_Run]:
+    runs = []
+    for point in sweep_points(cfg):
+        gen = _generator_for(cfg.seed, cfg.widths.index(point.width), cfg.sparsities(point.architecture).index(
+            point.sparsity))
+        sae = build_sae(point, d_in, cfg, gen).to(device)
+        opt = torch.optim.Adam(sae.parameters(), lr=lr_at(0, cfg), betas=(cfg.adam_beta1, cfg.adam_beta2),
+                               eps=cfg.adam_eps)
+        last_fired = torch.zeros(point.width, dtype=torch.int64, device=device)
+        runs.append(_Run(point=point, sae=sae, opt=opt, gen=gen, last_fired=last_fired))
+    return runs
 
 
-def _check_source(batches: BatchSource, epochs: int) -> None:
-    if callable(batches):
-        return
-    if not isinstance(batches, Iterable):
-        raise TypeError("batches must be an iterable of tensors or a callable returning one")
-    if epochs > 1 and iter(batches) is batches:
-        raise ValueError(
-            f"epochs={epochs} needs batches that can be iterated again: pass a re-iterable or a callable "
-            "returning a fresh iterator, not a one-shot iterator"
-        )
+def _coefficient(point: SweepPoint, step: int, cfg: TrainConfig) -> float:
+    """JumpReLU's L0 and ReLU's L1 coefficients warm up linearly; TopK has none."""
+    if point.architecture == "topk":
+        return 0.0
+    return lambda_at(step, point.sparsity, cfg)
 
 
-def _record(run: _Run, step: int, tokens: int, lr: float, batch_var: Tensor, batch_rows: int) -> dict:
+@dataclass
+class _Position:
+    """Where the stream is and what the last step saw: everything besides the runs a resume needs."""
+
+    step: int = 0
+    tokens: int = 0
+    lr: float = 0.0
+    batch_var: Tensor | None = None
+    batch_rows: int = 0
+
+
+def _record(run: _Run, pos: _Position, window: int) -> dict:
     mse = run.last["mse"]
+    dead = (pos.tokens - run.last_fired) >= window
     return {
-        "width": run.width,
-        "lambda": run.lam,
-        "step": step,
-        "tokens": tokens,
+        "architecture": run.point.architecture,
+        "width": run.point.width,
+        "sparsity": float(run.point.sparsity),
+        "step": pos.step,
+        "tokens": pos.tokens,
         "loss": float(run.last["loss"]),
         "mse": float(mse),
+        "sparsity_loss": float(run.last["sparsity"]),
         "l0": float(run.last["l0"]),
-        "fvu_batch": float(mse * batch_rows / batch_var),
-        "dead_frac": float(1.0 - run.fired.float().mean()),
-        "lambda_t": run.lam_t,
-        "lr": lr,
+        "fvu_batch": float(mse * pos.batch_rows / pos.batch_var),
+        "dead_frac": float(dead.float().mean()),
+        "lambda_t": run.coeff,
+        "lr": pos.lr,
     }
+
+
+def _save(store: CheckpointStore, runs: list[_Run], pos: _Position, header: dict) -> None:
+    state = dict(header, step=pos.step, tokens=pos.tokens, lr=pos.lr, batch_var=pos.batch_var,
+                 batch_rows=pos.batch_rows, runs=[
+                     {"point": [r.point.architecture, r.point.width, float(r.point.sparsity)],
+                      "params": r.sae.state_dict(), "opt": r.opt.state_dict(), "rng": r.gen.get_state(),
+                      "last_fired": r.last_fired, "last": r.last, "coeff": r.coeff, "log": r.log}
+                     for r in runs])
+    store.save(dumps(state))
+
+
+def _restore(store: CheckpointStore, runs: list[_Run], header: dict, device: torch.device) -> _Position | None:
+    """The saved position, with every run restored in place; None (and the runs untouched) when there is
+    no checkpoint or it belongs to another configuration, data scale or sweep."""
+    blob = store.load()
+    if blob is None:
+        return None
+    state = loads(blob, device)
+    mismatched = [k for k, v in header.items() if state.get(k) != v]
+    points = [[r.point.architecture, r.point.width, float(r.point.sparsity)] for r in runs]
+    if [s["point"] for s in state.get("runs", [])] != points:
+        mismatched.append("sweep")
+    if mismatched:
+        warnings.warn(f"ignoring a checkpoint whose {', '.join(mismatched)} differ from this run's; "
+                      "training from step 0", stacklevel=3)
+        return None
+    for run, saved in zip(runs, state["runs"]):
+        run.sae.load_state_dict(saved["params"])
+        run.opt.load_state_dict(saved["opt"])
+        run.gen.set_state(saved["rng"].cpu())
+        run.last_fired = saved["last_fired"]
+        run.last = saved["last"]
+        run.coeff = saved["coeff"]
+        run.log = list(saved["log"])
+    return _Position(step=state["step"], tokens=state["tokens"], lr=state["lr"], batch_var=state["batch_var"],
+                     batch_rows=state["batch_rows"])
 
 
 def train_saes(
     batches: BatchSource,
-    d_in: int,
+    d_in: int | None,
     cfg: TrainConfig,
     norm_scale: float,
     on_log: Callable[[dict], None] | None = None,
     device: str | torch.device = "cpu",
+    checkpoint: CheckpointStore | None = None,
 ) -> list[TrainedSAE]:
-    """Train all widths x lambdas on `batches` (raw activations [B, d_in]) for cfg.epochs passes.
+    """Train every SAE of cfg's sweep on raw activations for cfg.epochs passes; return them folded.
 
-    `norm_scale` is C = sqrt(E||x_raw||^2) from the dataset statistics; the SAEs train on x_raw / C so one
+    `batches` is a 2-D array of rows [N, d_in] (numpy, torch, zarr, ...: read cfg.batch_size rows at a
+    time, ahead of the step), an `ArrayBatches`, an iterable of [B, d_in] tensors (re-iterable when
+    epochs > 1), or a callable returning a fresh iterable per epoch. `d_in` may be None for arrays.
+    `norm_scale` is C = sqrt(E||x_raw||^2) from the dataset statistics: the SAEs train on x_raw / C so one
     set of hyper-parameters fits every site and layer, and are folded back to raw units on return.
-    `batches` is an iterable (re-iterable when epochs > 1) or a callable returning a fresh iterable.
 
     Every cfg.log_every steps, and after the last step, one record per SAE goes to `on_log` and to that
-    SAE's log. `dead_frac` there is the fraction of latents that did not fire since the previous record.
+    SAE's log; `dead_frac` there is the fraction of latents that have not fired in the last
+    cfg.dead_window_tokens tokens. With `checkpoint`, state is saved every cfg.checkpoint_every steps and
+    a call that finds a matching checkpoint resumes from it.
     """
     if not (norm_scale > 0 and np.isfinite(norm_scale)):
         raise ValueError(f"norm_scale must be positive and finite, got {norm_scale}")
-    _check_source(batches, cfg.epochs)
+    if is_array(batches) and not isinstance(batches, ArrayBatches):
+        batches = ArrayBatches(batches, cfg.batch_size)
+    if isinstance(batches, ArrayBatches):
+        if d_in is not None and d_in != batches.d_in:
+            raise ValueError(f"d_in={d_in} but the array has {batches.d_in} columns")
+        if batches.n_batches == 0:
+            raise ValueError(f"the array has {batches.array.shape[0]} rows, fewer than one batch of "
+                             f"{batches.batch_size}")
+        d_in = batches.d_in
+    if d_in is None:
+        raise ValueError("d_in is required unless batches is an array")
+    check_source(batches, cfg.epochs)
     device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast_dtype == "bfloat16"
+                else nullcontext())
 
-    runs: list[_Run] = []
-    for wi, width in enumerate(cfg.widths):
-        for li, lam in enumerate(cfg.lambdas):
-            gen = _generator_for(cfg.seed, wi, li)
-            sae = JumpReLUSAE(d_in, width, cfg.threshold_init, cfg.bandwidth, generator=gen)
-            sae.to(device)
-            opt = torch.optim.Adam(
-                sae.parameters(), lr=lr_at(0, cfg), betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-            )
-            fired = torch.zeros(width, dtype=torch.bool, device=device)
-            runs.append(_Run(width=width, lam=lam, sae=sae, opt=opt, fired=fired))
+    runs = _new_runs(d_in, cfg, device)
+    header = {"format": CHECKPOINT_FORMAT, "config": cfg.shaping_fields(), "d_in": d_in,
+              "norm_scale": float(norm_scale)}
+    pos = _restore(checkpoint, runs, header, device) if checkpoint is not None else None
+    resumed_from = pos.step if pos is not None else 0
+    pos = pos or _Position(lr=lr_at(0, cfg), batch_var=torch.ones((), device=device))
 
-    def emit(step: int, tokens: int, lr: float, batch_var: Tensor, batch_rows: int) -> None:
+    def emit() -> None:
         for run in runs:
-            rec = _record(run, step, tokens, lr, batch_var, batch_rows)
+            rec = _record(run, pos, cfg.dead_window_tokens)
             run.log.append(rec)
             if on_log is not None:
                 on_log(rec)
-            run.fired.zero_()
 
-    step = 0
-    tokens = 0
-    lr = lr_at(0, cfg)
-    batch_var = torch.ones((), device=device)
-    batch_rows = 0
-    logged_at = -1
-    for batch in _epoch_stream(batches, cfg.epochs):
+    for batch in stream_from(batches, cfg.epochs, pos.step):
         if batch.ndim != 2 or batch.shape[1] != d_in:
             raise ValueError(f"expected a batch of shape [B, {d_in}], got {tuple(batch.shape)}")
         x = batch.to(device=device, dtype=torch.float32) / norm_scale
-        batch_rows = x.shape[0]
-        batch_var = (x - x.mean(0)).pow(2).sum()
-        lr = lr_at(step, cfg)
+        pos.batch_rows = x.shape[0]
+        pos.batch_var = (x - x.mean(0)).pow(2).sum()
+        pos.lr = lr_at(pos.step, cfg)
+        tokens_after = pos.tokens + pos.batch_rows
         for run in runs:
-            run.lam_t = lambda_at(step, run.lam, cfg)
+            run.coeff = _coefficient(run.point, pos.step, cfg)
             for group in run.opt.param_groups:
-                group["lr"] = lr
-            losses, _, f = run.sae.loss_and_outputs(x, run.lam_t)
+                group["lr"] = pos.lr
+            with autocast:
+                losses, f = run.sae.training_loss(x, run.coeff)
             run.opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             run.sae.remove_parallel_decoder_grad()
             run.opt.step()
-            run.sae.normalize_decoder()
-            run.sae.clamp_threshold()
-            run.fired |= (f.detach() != 0).any(0)
+            run.sae.after_step()
+            run.last_fired = torch.where((f.detach() != 0).any(0), tokens_after, run.last_fired)
             run.last = {k: v.detach() for k, v in losses.items()}
-        step += 1
-        tokens += batch_rows
-        if step % cfg.log_every == 0:
-            emit(step, tokens, lr, batch_var, batch_rows)
-            logged_at = step
+        pos.step += 1
+        pos.tokens = tokens_after
+        if pos.step % cfg.log_every == 0:
+            emit()
+        if checkpoint is not None and cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+            _save(checkpoint, runs, pos, header)
 
-    if step == 0:
+    if pos.step == 0:
         raise ValueError("batches yielded no data: nothing to train on")
-    if logged_at != step:
-        emit(step, tokens, lr, batch_var, batch_rows)
+    if not runs[0].log or runs[0].log[-1]["step"] != pos.step:
+        emit()
 
     return [
-        TrainedSAE(width=run.width, lam=run.lam, sae=run.sae.folded(norm_scale), steps=step, tokens=tokens,
-                   log=run.log)
+        TrainedSAE(architecture=run.point.architecture, width=run.point.width, sparsity=run.point.sparsity,
+                   sae=run.sae.folded(norm_scale), steps=pos.step, tokens=pos.tokens, log=run.log,
+                   resumed_from=resumed_from)
         for run in runs
     ]

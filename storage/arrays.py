@@ -61,6 +61,24 @@ def read_rows(array: zarr.Array, start: int, stop: int) -> torch.Tensor:
     return decode_rows(array[start:stop], logical_dtype(array))
 
 
+class DecodedRows:
+    """A read-only view of a stored activation array in its logical dtype: `.shape` and row slices give
+    torch tensors, so any array consumer (the SAE trainer) reads bf16-as-uint16 stores without our code."""
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = logical_dtype(array)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        if not isinstance(rows, slice):
+            raise TypeError("DecodedRows takes a slice of rows")
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("DecodedRows reads contiguous rows only")
+        return read_rows(self.array, start, stop)
+
+
 class RowWriter:
     """Appends rows to a pre-sized array and writes only whole, aligned chunks (plus the tail at close), so
     each chunk is encoded once and memory stays bounded by one chunk."""

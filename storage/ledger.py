@@ -5,6 +5,7 @@ history is for people, and survives nothing we rely on.
 """
 from __future__ import annotations
 
+import os
 import socket
 import traceback
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ class UnitRecord(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     host: str = ""
+    pid: int | None = None
     error: UnitError | None = None
     outputs: list[str] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -75,7 +77,8 @@ class Ledger:
         prev = self.get(stage, unit)
         attempt = (prev.attempt if prev and prev.fingerprint == fingerprint and prev.status != "complete" else 0) + 1
         return self._put(UnitRecord(stage=stage, unit=unit, status="running", fingerprint=fingerprint,
-                                    attempt=attempt, started_at=_now(), host=socket.gethostname()))
+                                    attempt=attempt, started_at=_now(), host=socket.gethostname(),
+                                    pid=os.getpid()))
 
     def complete(self, record: UnitRecord, outputs: list[str], metrics: dict[str, Any]) -> UnitRecord:
         """Called only after every output is durably written: this write is what makes them trusted."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from sae import JumpReLUSAE, SAEMetrics, load_gemma_scope_npz
+from sae import SAEMetrics, SparseAutoencoder, load_saelens, sweep_points
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.extract import keep_mask
@@ -39,7 +39,7 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, special: set[int]) 
     return float(ce[keep].double().sum()), int(keep.sum())
 
 
-def reconstruct_hook(sae: JumpReLUSAE, tokens: torch.Tensor, bos: int):
+def reconstruct_hook(sae: SparseAutoencoder, tokens: torch.Tensor, bos: int):
     """Replace the site's tensor with the SAE's reconstruction at every position that is not BOS."""
     splice = tokens != bos
 
@@ -49,32 +49,37 @@ def reconstruct_hook(sae: JumpReLUSAE, tokens: torch.Tensor, bos: int):
     return fn
 
 
-def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> dict:
-    tokens_all = zarr.open_array(store=root.zarr_store(TOKENS_EVAL, read_only=True), mode="r")[:]
-    if cfg.evaluate.n_seqs:
-        tokens_all = tokens_all[: cfg.evaluate.n_seqs]
+def load_eval_tokens(cfg: StagesConfig, root: StorageRoot) -> np.ndarray:
+    tokens = zarr.open_array(store=root.zarr_store(TOKENS_EVAL, read_only=True), mode="r")[:]
+    return tokens[: cfg.evaluate.n_seqs] if cfg.evaluate.n_seqs else tokens
+
+
+def shuffle_stats(site: str, layer: int, root: StorageRoot) -> dict | None:
+    """The training data's statistics, when the suite shuffled this (site, layer)."""
+    group = shuffled_group(site, layer)
+    if not root.exists(f"{group}/zarr.json"):
+        return None
+    return dict(zarr.open_group(store=root.zarr_store(group, read_only=True), mode="r").attrs)
+
+
+def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAutoencoder], root: StorageRoot,
+                  dataset_mean: torch.Tensor | None = None) -> tuple[list[dict], float]:
+    """Metric rows (one per SAE, in order) and the clean loss, on the suite's held-out tokens.
+
+    FVU's denominator uses `dataset_mean` (the training data's mean, from the shuffle statistics) or, for
+    SAEs trained elsewhere on a (site, layer) this suite has no training data for, the held-out mean.
+    """
+    tokens_all = load_eval_tokens(cfg, root)
     tok = load_tokenizer(cfg.model)
     special = special_token_ids(tok)
     model = load_model(cfg.model)
     device = pick_device(cfg.model.device)
-    stats = dict(zarr.open_group(store=root.zarr_store(shuffled_group(site, layer), read_only=True), mode="r").attrs)
-    dataset_mean = torch.tensor(stats["mean"], dtype=torch.float64)
-
-    saes: list[tuple[int, float, str, JumpReLUSAE, dict]] = []
-    for width in cfg.sae.widths:
-        for lam in cfg.sae.lambdas:
-            rel = sae_dir(site, layer, width, lam)
-            with tempfile.TemporaryDirectory() as tmp:
-                local = root.download_dir(rel, Path(tmp) / "sae")
-                sae = load_gemma_scope_npz(local / "params.npz").to(device)
-                log = pq.read_table(local / "train_log.parquet").to_pylist()
-            saes.append((width, lam, rel, sae.eval(), log[-1] if log else {}))
+    saes = [sae.to(device).eval() for sae in saes]
 
     key = (site, layer)
     clean = [0.0, 0]
-    spliced = {i: [0.0, 0] for i in range(len(saes))}
-    metrics = {i: SAEMetrics(dense_threshold=cfg.evaluate.dense_threshold)
-               for i, s in enumerate(saes)}
+    spliced = [[0.0, 0] for _ in saes]
+    metrics = [SAEMetrics(dense_threshold=cfg.evaluate.dense_threshold) for _ in saes]
     bs = cfg.evaluate.batch_size
     with torch.inference_mode():
         for start in range(0, len(tokens_all), bs):
@@ -87,7 +92,7 @@ def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageR
             clean[0] += s
             clean[1] += n
             rows = capture.values[key][torch.from_numpy(keep_mask(batch_np, special)).to(device)].float()
-            for i, (_, _, _, sae, _) in enumerate(saes):
+            for i, sae in enumerate(saes):
                 x_hat, f = sae(rows)
                 metrics[i].update(rows, x_hat, f)
                 with site_hooks(model, {key: reconstruct_hook(sae, batch, tok.bos_token_id)}):
@@ -97,23 +102,49 @@ def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageR
 
     clean_loss = clean[0] / clean[1]
     out_rows = []
-    for i, (width, lam, rel, sae, last) in enumerate(saes):
-        m = metrics[i].result(dataset_mean)
+    for i, sae in enumerate(saes):
+        m = metrics[i].result(dataset_mean if dataset_mean is not None else metrics[i].seen_mean())
         spliced_loss = spliced[i][0] / spliced[i][1]
         out_rows.append({
-            "site": site, "layer": layer, "width": width, "lambda": lam, "architecture": "jumprelu",
-            "d_in": int(sae.W_enc.shape[0]), "l0": m["l0"], "fvu": m["fvu"], "mse": m["mse"],
+            "site": site, "layer": layer, "architecture": sae.architecture, "width": sae.d_sae,
+            "d_in": sae.d_in, "l0": m["l0"], "fvu": m["fvu"], "mse": m["mse"],
             "delta_loss": spliced_loss - clean_loss, "clean_loss": clean_loss, "spliced_loss": spliced_loss,
             "dead_frac": m["dead_frac"], "dense_frac": m["dense_frac"], "n_dead": m["n_dead"],
             "n_dense": m["n_dense"], "n_tokens": m["n_tokens"], "freq_hist": list(m["freq_hist"]),
-            "freq_hist_edges": list(m["freq_hist_edges"]), "train_steps": int(last.get("step", 0)),
-            "train_tokens": int(last.get("tokens", 0)), "sae_path": rel,
+            "freq_hist_edges": list(m["freq_hist_edges"]),
         })
-    out = eval_path(site, layer)
+    return out_rows, clean_loss
+
+
+def write_parquet(root: StorageRoot, rel: str, rows: list[dict]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "eval.parquet"
-        pq.write_table(pa.Table.from_pylist(out_rows), local)
-        root.write_bytes(out, local.read_bytes())
+        local = Path(tmp) / "rows.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), local)
+        root.write_bytes(rel, local.read_bytes())
+
+
+def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> dict:
+    stats = shuffle_stats(site, layer, root)
+    if stats is None:
+        raise FileNotFoundError(f"{shuffled_group(site, layer)}: no shuffled activations to take the dataset mean from")
+    points = sweep_points(cfg.sae)
+    saes, lasts = [], []
+    for point in points:
+        rel = sae_dir(site, layer, point)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = root.download_dir(rel, Path(tmp) / "sae")
+            saes.append(load_saelens(local)[0])
+            log = pq.read_table(local / "train_log.parquet").to_pylist()
+        lasts.append(log[-1] if log else {})
+    rows, clean_loss = evaluate_saes(cfg, site, layer, saes, root,
+                                     dataset_mean=torch.tensor(stats["mean"], dtype=torch.float64))
+    for row, point, last in zip(rows, points, lasts):
+        row.update({"sparsity": float(point.sparsity),
+                    "lambda": float(point.sparsity) if point.architecture == "jumprelu" else None,
+                    "train_steps": int(last.get("step", 0)), "train_tokens": int(last.get("tokens", 0)),
+                    "sae_path": sae_dir(site, layer, point)})
+    out = eval_path(site, layer)
+    write_parquet(root, out, rows)
     return {"outputs": [out], "metrics": {"clean_loss": clean_loss,
                                           "saes": {r["sae_path"]: {k: r[k] for k in ("l0", "fvu", "delta_loss")}
-                                                   for r in out_rows}}}
+                                                   for r in rows}}}

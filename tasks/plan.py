@@ -13,7 +13,7 @@ from storage.fingerprint import fingerprint
 from tasks.config import StagesConfig
 
 STAGES: tuple[str, ...] = ("tokenize", "extract", "shuffle", "train", "evaluate", "report")
-FORMAT_VERSION = 1  # bump when a stage's output format changes, so old outputs are not trusted
+FORMAT_VERSION = 2  # bump when a stage's output format changes, so old outputs are not trusted
 
 
 class UnitSpec(BaseModel):
@@ -61,7 +61,8 @@ def downstream_units(cfg: StagesConfig, layers: list[int], n_shards: int, model_
                           fingerprint=fingerprint("shuffle", FORMAT_VERSION, [u.fingerprint for u in extract],
                                                   cfg.shuffle.bucket_rows, cfg.sae.batch_size, cfg.seed, site, layer))
             tr = UnitSpec(stage="train", unit=unit, site=site, layer=layer, deps=[sh.key], args={"model_name": model_name},
-                          fingerprint=fingerprint("train", FORMAT_VERSION, sh.fingerprint, cfg.sae, cfg.corpus.ctx))
+                          fingerprint=fingerprint("train", FORMAT_VERSION, sh.fingerprint, cfg.sae.shaping_fields(),
+                                                  cfg.corpus.ctx))
             ev = UnitSpec(stage="evaluate", unit=unit, site=site, layer=layer, deps=[tr.key, tokenize.key],
                           fingerprint=fingerprint("evaluate", FORMAT_VERSION, tr.fingerprint, tokenize.fingerprint,
                                                   cfg.model, cfg.evaluate))

@@ -120,14 +120,15 @@ class _Column:
 _TABLE_SPEC: tuple[_Column, ...] = (
     _Column("site", "site", _fmt_str, numeric=False),
     _Column("layer", "layer", _fmt_int),
+    _Column("arch", "architecture", _fmt_str, numeric=False),
     _Column("width", "width", _fmt_int),
-    _Column("lambda", "lambda", _fmt_g),
+    _Column("sparsity", "sparsity", _fmt_g),
     _Column("L0", "l0", _fmt_fixed(1)),
     _Column("FVU", "fvu", _fmt_fixed(3), scaled=True),
     _Column("delta loss", "delta_loss", _fmt_fixed(4), scaled=True),
 )
 
-# Extra detail only the HTML table has room for; the terminal table stays at the seven columns above.
+# Extra detail only the HTML table has room for; the terminal table stays at the eight columns above.
 _HTML_EXTRA_SPEC: tuple[_Column, ...] = (
     _Column("dead", "dead_frac", _fmt_pct(1)),
     _Column("dense", "dense_frac", _fmt_pct(2)),
@@ -166,10 +167,34 @@ def _num_key(value: Any) -> tuple[int, float]:
     return (1, 0.0) if math.isnan(f) else (0, f)
 
 
+_ARCH_ORDER = ("jumprelu", "topk", "relu")
+_ARCH_COLORS = {"jumprelu": "#1f77b4", "topk": "#d62728", "relu": "#7f7f7f"}
+_ARCH_NAMES = {"jumprelu": "JumpReLU", "topk": "TopK", "relu": "ReLU + L1"}
+
+
+def _arch_key(arch: Any) -> tuple[int, str]:
+    a = str(arch)
+    return (_ARCH_ORDER.index(a), a) if a in _ARCH_ORDER else (len(_ARCH_ORDER), a)
+
+
 def sorted_rows(rows: Iterable[dict]) -> list[dict]:
-    """Suite order (site, layer, width, lambda), so every table of the suite lists SAEs the same way."""
+    """Suite order (site, layer, architecture, width, sparsity), so every table lists SAEs the same way."""
     return sorted(rows, key=lambda r: (_site_key(r.get("site")), _num_key(r.get("layer")),
-                                       _num_key(r.get("width")), _num_key(r.get("lambda"))))
+                                       _arch_key(r.get("architecture", "jumprelu")), _num_key(r.get("width")),
+                                       _num_key(r.get("sparsity", r.get("lambda")))))
+
+
+def _with_defaults(row: dict) -> dict:
+    """Rows from before the baselines existed are JumpReLU rows whose sparsity is their lambda."""
+    row = dict(row)
+    row.setdefault("architecture", "jumprelu")
+    if row.get("sparsity") is None:
+        row["sparsity"] = row.get("lambda")
+    return row
+
+
+def _jumprelu(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("architecture") == "jumprelu"]
 
 
 def _sites(rows: Iterable[dict]) -> list[str]:
@@ -207,6 +232,7 @@ _ROW_TYPES: dict[str, pa.DataType] = {
     "layer": pa.int64(),
     "width": pa.int64(),
     "lambda": pa.float64(),
+    "sparsity": pa.float64(),
     "architecture": pa.string(),
     "d_in": pa.int64(),
     "l0": pa.float64(),
@@ -440,11 +466,76 @@ def _plot_pareto(rows: list[dict], metric: str, title: str, path: pathlib.Path) 
     return _save(fig, path)
 
 
+ARCHITECTURES_PNG = "architectures_l0_vs_fidelity.png"
+
+
+def _n_architectures(rows: list[dict]) -> int:
+    return len({str(r.get("architecture")) for r in rows})
+
+
+def _plot_architectures(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
+    """The JumpReLU paper's comparison: FVU and delta loss against L0, one colour per architecture, one
+    column per site; faint lines join the sparsity sweep of one (architecture, layer, width)."""
+    sites = _sites(rows)
+    metrics = (("fvu", "FVU"), ("delta_loss", "delta loss"))
+    fig = _new_figure(1.4 + 4.0 * len(sites), 1.0 + 3.3 * len(metrics))
+    axes = fig.subplots(len(metrics), len(sites), squeeze=False)
+    fig.suptitle("Sparsity vs fidelity by architecture (lower-left is better)")
+    archs = sorted({str(r.get("architecture")) for r in rows}, key=_arch_key)
+    colors = {a: _ARCH_COLORS.get(a, _EXTRA_COLORS[i % len(_EXTRA_COLORS)]) for i, a in enumerate(archs)}
+    widths = _unique_numbers(r.get("width") for r in rows)
+    styles = _width_styles(widths)
+    for row_i, (metric, label) in enumerate(metrics):
+        for col_i, site in enumerate(sites):
+            ax = axes[row_i][col_i]
+            pts = [r for r in rows if str(r.get("site")) == site and math.isfinite(_as_float(r.get("l0")))
+                   and math.isfinite(_as_float(r.get(metric)))]
+            if not pts:
+                _no_data(ax, "no finite values")
+                continue
+            families: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+            for r in pts:
+                families[(str(r.get("architecture")), _as_float(r.get("layer")), _as_float(r.get("width")))].append(
+                    (_as_float(r["l0"]), _as_float(r[metric])))
+            for (arch, _, _), fam in families.items():
+                if len(fam) > 1:
+                    xs, ys = zip(*sorted(fam))
+                    ax.plot(xs, ys, color=colors[arch], alpha=0.3, linewidth=1.0, zorder=1)
+            for arch in archs:
+                for w in widths:
+                    sel = [r for r in pts if str(r.get("architecture")) == arch and _as_float(r.get("width")) == w]
+                    if sel:
+                        ax.scatter([_as_float(r["l0"]) for r in sel], [_as_float(r[metric]) for r in sel],
+                                   color=colors[arch], marker=styles[w][0], s=30, alpha=0.85,
+                                   edgecolors="white", linewidths=0.5, zorder=2)
+            _auto_log(ax, [_as_float(r["l0"]) for r in pts], "x")
+            if row_i == 0:
+                ax.set_title(site)
+            if row_i == len(metrics) - 1:
+                ax.set_xlabel(_METRIC_LABELS["l0"])
+            if col_i == 0:
+                ax.set_ylabel(_METRIC_LABELS.get(metric, label))
+    handles = [Line2D([], [], linestyle="", marker="o", color=colors[a], label=_ARCH_NAMES.get(a, a)) for a in archs]
+    handles += [Line2D([], [], linestyle="", marker=styles[w][0], color="#555555", label=f"width {int(w)}")
+                for w in widths]
+    fig.legend(handles=handles, loc="outside right upper")
+    return _save(fig, path)
+
+
+def _architecture_section(rows: list[dict]) -> str:
+    if _n_architectures(rows) < 2:
+        return ""
+    return ("<h2>JumpReLU against its baselines</h2>"
+            + _figure(ARCHITECTURES_PNG, "FVU and delta loss against L0 for every architecture trained on the same "
+                      "data; faint lines join the sparsity sweep of one (architecture, layer, width)."))
+
+
 def _plot_training(train_logs: list[dict], path: pathlib.Path) -> pathlib.Path:
     curves: dict[tuple, list[dict]] = defaultdict(list)
     for rec in train_logs:
         curves[(str(rec.get("site")), _as_float(rec.get("layer")), _as_float(rec.get("width")),
-                _as_float(rec.get("lambda")))].append(rec)
+                _as_float(rec.get("sparsity", rec.get("lambda"))), str(rec.get("architecture", "jumprelu")))
+               ].append(rec)
     panels = [("loss", "training loss"), ("l0", "L0")]
     if any(math.isfinite(_as_float(rec.get("fvu_batch"))) for rec in train_logs):
         panels.append(("fvu_batch", "FVU (batch)"))
@@ -696,7 +787,10 @@ def _finite(values: Iterable[Any]) -> list[float]:
 
 
 def _sae_label(row: dict) -> str:
-    return f"L{_fmt_int(row.get('layer'))} · w{_fmt_int(row.get('width'))} · λ{_fmt_g(row.get('lambda'))}"
+    arch = row.get("architecture", "jumprelu")
+    sparsity = {"jumprelu": "λ", "topk": "k=", "relu": "L1 "}.get(arch, "") + _fmt_g(row.get("sparsity"))
+    prefix = "" if arch == "jumprelu" else f"{_ARCH_NAMES.get(arch, arch)} · "
+    return f"{prefix}L{_fmt_int(row.get('layer'))} · w{_fmt_int(row.get('width'))} · {sparsity}"
 
 
 def _headline_cards(rows: list[dict]) -> str:
@@ -744,7 +838,10 @@ def _info_block(rows: list[dict], suite_info: dict) -> str:
         ("sites", ", ".join(_sites(rows)) or _NA),
         ("layers", ", ".join(_fmt_int(v) for v in _unique_numbers(r.get("layer") for r in rows)) or _NA),
         ("widths", ", ".join(_fmt_int(v) for v in _unique_numbers(r.get("width") for r in rows)) or _NA),
-        ("lambdas", ", ".join(_fmt_g(v) for v in _unique_numbers(r.get("lambda") for r in rows)) or _NA),
+        ("lambdas", ", ".join(_fmt_g(v) for v in _unique_numbers(r.get("lambda") for r in _jumprelu(rows)))
+         or _NA),
+        ("architectures", ", ".join(_ARCH_NAMES.get(a, a) for a in sorted(
+            {str(r.get("architecture")) for r in rows}, key=_arch_key)) or _NA),
     ]
     eval_tokens = _finite(r.get("n_tokens") for r in rows)
     if eval_tokens:
@@ -789,14 +886,15 @@ def _figure(name: str, caption: str) -> str:
 
 def _index_html(rows: list[dict], title: str, suite_info: dict) -> str:
     plots = (
-        f"<h2>By layer</h2>"
+        f"<h2>By layer (JumpReLU SAEs)</h2>"
         f"{_figure('delta_loss_by_layer.png', 'Delta loss: increase in next-token cross-entropy when the SAE reconstruction is spliced in, per layer; one panel per lambda.')}"
         f"{_figure('l0_by_layer.png', 'L0: mean number of active latents per token, per layer; one panel per lambda.')}"
         f"{_figure('fvu_by_layer.png', 'FVU: fraction of activation variance the reconstruction leaves unexplained, per layer; one panel per lambda.')}"
-        f"<h2>Sparsity vs fidelity</h2><div class=\"grid2\">"
+        f"<h2>Sparsity vs fidelity (JumpReLU SAEs)</h2><div class=\"grid2\">"
         f"{_figure('l0_vs_delta_loss.png', 'Delta loss against L0; faint lines join the lambdas of one (site, layer, width).')}"
         f"{_figure('l0_vs_fvu.png', 'FVU against L0; faint lines join the lambdas of one (site, layer, width).')}"
         f"</div>"
+        f"{_architecture_section(rows)}"
         f"<h2>Training and latent health</h2>"
         f"{_figure('training_curves.png', 'Training loss, L0 and batch FVU against tokens seen, one faint line per SAE.')}"
         f"{_figure('firing_hist.png', 'How often latents fire (log10 of the fraction of tokens), summed over every SAE of a site; right of the dashed line is dense.')}"
@@ -839,7 +937,8 @@ def render_report(rows: list[dict], train_logs: list[dict], out_dir: pathlib.Pat
     """Write metrics.parquet, the plots and index.html into out_dir; index.html last, once what it links exists."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted_rows({k: _plain(v) for k, v in r.items()} for r in rows)
+    rows = sorted_rows(_with_defaults({k: _plain(v) for k, v in r.items()}) for r in rows)
+    jump = _jumprelu(rows)
     train_logs = [{k: _plain(v) for k, v in rec.items()} for rec in train_logs]
 
     written: list[pathlib.Path] = []
@@ -848,11 +947,13 @@ def render_report(rows: list[dict], train_logs: list[dict], out_dir: pathlib.Pat
     written.append(parquet_path)
 
     with matplotlib.rc_context(_STYLE):
-        written.append(_plot_by_layer(rows, "delta_loss", "Delta loss by layer", out_dir / "delta_loss_by_layer.png"))
-        written.append(_plot_by_layer(rows, "l0", "L0 by layer", out_dir / "l0_by_layer.png"))
-        written.append(_plot_by_layer(rows, "fvu", "FVU by layer", out_dir / "fvu_by_layer.png"))
-        written.append(_plot_pareto(rows, "fvu", "FVU vs L0", out_dir / "l0_vs_fvu.png"))
-        written.append(_plot_pareto(rows, "delta_loss", "Delta loss vs L0", out_dir / "l0_vs_delta_loss.png"))
+        written.append(_plot_by_layer(jump, "delta_loss", "Delta loss by layer", out_dir / "delta_loss_by_layer.png"))
+        written.append(_plot_by_layer(jump, "l0", "L0 by layer", out_dir / "l0_by_layer.png"))
+        written.append(_plot_by_layer(jump, "fvu", "FVU by layer", out_dir / "fvu_by_layer.png"))
+        written.append(_plot_pareto(jump, "fvu", "FVU vs L0", out_dir / "l0_vs_fvu.png"))
+        written.append(_plot_pareto(jump, "delta_loss", "Delta loss vs L0", out_dir / "l0_vs_delta_loss.png"))
+        if _n_architectures(rows) > 1:
+            written.append(_plot_architectures(rows, out_dir / ARCHITECTURES_PNG))
         written.append(_plot_training(train_logs, out_dir / "training_curves.png"))
         written.append(_plot_firing(rows, out_dir / "firing_hist.png"))
 

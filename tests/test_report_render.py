@@ -37,7 +37,7 @@ def synthetic_suite(sites=("res", "att", "mlp"), layers=(0, 3, 6, 9), widths=(10
                     n_dead = int(rng.integers(0, width // 50))
                     n_dense = int(rng.integers(0, 4))
                     rows.append({
-                        "site": site, "layer": layer, "width": width, "lambda": lam,
+                        "site": site, "layer": layer, "width": width, "lambda": lam, "sparsity": lam,
                         "architecture": "jumprelu", "d_in": 512,
                         "l0": float(l0), "fvu": float(fvu), "mse": float(fvu * 3.1),
                         "delta_loss": float(dl), "clean_loss": 3.21, "spliced_loss": 3.21 + float(dl),
@@ -51,7 +51,8 @@ def synthetic_suite(sites=("res", "att", "mlp"), layers=(0, 3, 6, 9), widths=(10
                         step = (i + 1) * 2000 // log_points
                         frac = (i + 1) / log_points
                         logs.append({
-                            "site": site, "layer": layer, "width": width, "lambda": lam, "step": step,
+                            "site": site, "layer": layer, "width": width, "sparsity": lam,
+                            "architecture": "jumprelu", "step": step,
                             "tokens": step * 4096, "loss": float(1.5 * math.exp(-4 * frac) + fvu + rng.normal(0, 0.01)),
                             "mse": float(fvu * 3 + math.exp(-4 * frac)), "l0": float(l0 * (1 + 20 * math.exp(-6 * frac))),
                             "fvu_batch": float(fvu + 0.5 * math.exp(-4 * frac)), "dead_frac": n_dead / width,
@@ -123,13 +124,13 @@ def test_html_table_uses_shared_formatting(tmp_path):
 
 
 def test_format_table_rows():
-    row = {"site": "res", "layer": 12, "width": 16384, "lambda": 0.0006, "l0": 71.234,
-           "fvu": 0.123456, "delta_loss": 0.0412345}
-    assert TABLE_COLUMNS == ("site", "layer", "width", "lambda", "L0", "FVU", "delta loss")
-    assert format_table_rows([row]) == [["res", "12", "16384", "0.0006", "71.2", "0.123", "0.0412"]]
-    missing = {"site": "att", "layer": 1, "width": 8, "lambda": 1e-3, "l0": float("nan"),
+    row = {"site": "res", "layer": 12, "architecture": "jumprelu", "width": 16384, "sparsity": 0.0006,
+           "l0": 71.234, "fvu": 0.123456, "delta_loss": 0.0412345}
+    assert TABLE_COLUMNS == ("site", "layer", "arch", "width", "sparsity", "L0", "FVU", "delta loss")
+    assert format_table_rows([row]) == [["res", "12", "jumprelu", "16384", "0.0006", "71.2", "0.123", "0.0412"]]
+    missing = {"site": "att", "layer": 1, "architecture": "topk", "width": 8, "sparsity": 32, "l0": float("nan"),
                "fvu": None, "delta_loss": np.float32("nan")}
-    assert format_table_rows([missing]) == [["att", "1", "8", "0.001", "n/a", "n/a", "n/a"]]
+    assert format_table_rows([missing]) == [["att", "1", "topk", "8", "32", "n/a", "n/a", "n/a"]]
     assert format_table_rows([]) == []
 
 
@@ -185,3 +186,27 @@ def test_no_rows(tmp_path):
     assert names == {"metrics.parquet", "index.html", *PLOT_FILES}
     assert pq.read_table(tmp_path / "metrics.parquet").num_rows == 0
     assert "No evaluated SAEs" in (tmp_path / "index.html").read_text(encoding="utf-8")
+
+
+def test_architecture_comparison_when_baselines_are_trained(tmp_path):
+    """A suite with TopK and ReLU baselines gets the JumpReLU paper's L0-vs-fidelity comparison; the
+    per-lambda plots keep to JumpReLU SAEs."""
+    rows, logs = synthetic_suite(sites=("res", "mlp"), layers=(1, 2), widths=(512,), lambdas=(0.001, 0.01),
+                                 log_points=3)
+    extra = []
+    for r in rows:
+        for arch, sparsity, l0_scale in (("topk", 16, 0.9), ("relu", 3.0, 1.3)):
+            e = dict(r, architecture=arch, sparsity=sparsity, l0=r["l0"] * l0_scale, fvu=r["fvu"] * 1.2,
+                     sae_path=r["sae_path"].replace("lambda_", f"{arch}_"))
+            e.pop("lambda")
+            extra.append(e)
+    paths = render_report(rows + extra, logs, tmp_path, title="archs", suite_info={})
+    assert (tmp_path / "architectures_l0_vs_fidelity.png").read_bytes()[:8] == PNG_MAGIC
+    assert any(p.name == "architectures_l0_vs_fidelity.png" for p in paths)
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "JumpReLU against its baselines" in page and "TopK" in page and "ReLU + L1" in page
+    ordered = sorted_rows(rows + extra)
+    assert [r["architecture"] for r in ordered[:6]] == ["jumprelu", "jumprelu", "topk", "topk", "relu", "relu"]
+    # a single-architecture suite has no comparison figure
+    render_report(rows, logs, tmp_path / "one", title="one", suite_info={})
+    assert not (tmp_path / "one" / "architectures_l0_vs_fidelity.png").exists()

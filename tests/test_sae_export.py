@@ -107,8 +107,11 @@ def test_saelens_bfloat16_weights(tmp_path):
 def test_load_saelens_rejects_other_architectures(tmp_path):
     save_saelens(_folded_sae(), tmp_path, model_name="m", hook_name="h", context_size=8)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(ValueError, match="architecture='gated'"):
+        load_saelens(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "topk"}))
-    with pytest.raises(ValueError, match="JumpReLU"):
+    with pytest.raises(ValueError, match="no k"):
         load_saelens(tmp_path)
     with pytest.raises(ValueError, match="dtype"):
         save_saelens(_folded_sae(), tmp_path / "x", model_name="m", hook_name="h", context_size=8, dtype="int8")

@@ -342,7 +342,8 @@ def test_trainer_logs_steps_tokens_and_returns_folded_saes():
     records: list[dict] = []
     batches = _gaussian_batches(10)
     out = train_saes(batches, 8, _tiny_cfg(), norm_scale=14.0, on_log=records.append)
-    keys = {"width", "lambda", "step", "tokens", "loss", "mse", "l0", "fvu_batch", "dead_frac", "lambda_t", "lr"}
+    keys = {"architecture", "width", "sparsity", "step", "tokens", "loss", "mse", "sparsity_loss", "l0", "fvu_batch",
+            "dead_frac", "lambda_t", "lr"}
     assert all(set(r) == keys for r in records)
     assert len(records) == 4 * 3  # steps 4, 8, and the last step 10, for each of 4 SAEs
     for t in out:
@@ -353,7 +354,8 @@ def test_trainer_logs_steps_tokens_and_returns_folded_saes():
         assert t.log[-1]["lr"] == pytest.approx(2e-3)
         assert all(0.0 <= r["dead_frac"] <= 1.0 and r["fvu_batch"] > 0 for r in t.log)
         assert t.sae.apply_b_dec_to_input is False
-        assert t.log == [r for r in records if (r["width"], r["lambda"]) == (t.width, t.lam)]
+        assert all(r["sparsity_loss"] == pytest.approx(r["lambda_t"] * r["l0"], rel=1e-6) for r in t.log)
+        assert t.log == [r for r in records if (r["width"], r["sparsity"]) == (t.width, t.lam)]
 
 
 def test_trainer_epochs_and_batch_sources():
@@ -371,6 +373,23 @@ def test_trainer_epochs_and_batch_sources():
         train_saes([torch.zeros(4, 9)], 8, cfg, norm_scale=1.0)
     with pytest.raises(ValueError, match="no data"):
         train_saes([], 8, _tiny_cfg(), norm_scale=1.0)
+
+
+def test_trainer_takes_arrays_of_rows_and_drops_the_ragged_tail():
+    """A numpy array, a torch tensor and the same rows as a batch list train the same SAEs."""
+    batches = _gaussian_batches(4)
+    rows = torch.cat(batches)
+    cfg = _tiny_cfg(widths=[16], lambdas=[0.01], epochs=2)
+    from_list = train_saes(batches, 8, cfg, norm_scale=14.0)
+    from_numpy = train_saes(torch.cat([rows, rows[:10]]).numpy(), None, cfg, norm_scale=14.0)
+    from_tensor = train_saes(rows, 8, cfg, norm_scale=14.0)
+    for other in (from_numpy, from_tensor):
+        assert other[0].steps == 8
+        assert torch.equal(from_list[0].sae.W_enc, other[0].sae.W_enc)
+    with pytest.raises(ValueError, match="columns"):
+        train_saes(rows, 9, cfg, norm_scale=14.0)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_saes(rows[:10], None, cfg, norm_scale=14.0)
 
 
 def _sparse_dictionary_data(seed: int, n_batches: int, rows: int = 256, d_in: int = 32, n_feat: int = 64):

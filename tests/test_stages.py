@@ -20,6 +20,7 @@ from tasks.extract import n_shards, shard_group
 from tasks.model import load_model, load_tokenizer
 from tasks.plan import downstream_units, tokenize_units
 from tasks.shuffle import shuffled_group
+from sae import SweepPoint
 from tasks.train import sae_dir
 from tests.conftest import small_suite_dict
 
@@ -110,7 +111,7 @@ def test_train_writes_both_release_formats(suite):
     root = prepared.root
     for width in cfg.sae.widths:
         for lam in cfg.sae.lambdas:
-            folder = root.path(sae_dir("att", 2, width, lam))
+            folder = root.path(sae_dir("att", 2, SweepPoint("jumprelu", width, lam)))
             npz = np.load(f"{folder}/params.npz")
             assert set(npz.files) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
             assert npz["W_enc"].shape == (64, width) and npz["W_dec"].shape == (width, 64)
@@ -179,7 +180,7 @@ def test_units_are_bit_for_bit_repeatable(suite, tmp_path):
     cfg, prepared, plan = suite
     root = prepared.root
     spec = next(s for s in plan["train"] if s.site == "mlp" and s.layer == 0)
-    folder = sae_dir("mlp", 0, cfg.sae.widths[0], cfg.sae.lambdas[0])
+    folder = sae_dir("mlp", 0, SweepPoint("jumprelu", cfg.sae.widths[0], cfg.sae.lambdas[0]))
     before = root.read_bytes(f"{folder}/sae_weights.safetensors")
     run_unit(cfg, spec, root)
     assert root.read_bytes(f"{folder}/sae_weights.safetensors") == before

@@ -1,0 +1,63 @@
+"""The two baselines the JumpReLU paper compares against, trained by the same trainer on the same stream.
+
+ReLU + L1 is the classic SAE (Bricken et al. 2023; with unit-norm decoder rows the L1 of f equals the
+decoder-norm-weighted L1 of Anthropic's later recipe). TopK (Gao et al. 2024) keeps the k largest
+pre-activations, so its sparsity is set by k rather than by a penalty.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import SparseAutoencoder
+
+
+class ReLUSAE(SparseAutoencoder):
+    """f = ReLU(z), trained with lambda * sum_latents f (f >= 0, so that is its L1 norm).
+
+    Also a JumpReLU SAE with every threshold at 0, which is how it is written to Gemma Scope's params.npz.
+    """
+
+    architecture = "relu"
+
+    def activation(self, z: Tensor) -> Tensor:
+        return torch.relu(z)
+
+    def training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
+        f = self.activation(self.pre_acts(x))
+        mse = self._mse(self.decode(f), x)
+        sparsity = coefficient * f.sum(-1).mean()
+        l0 = (f > 0).sum(-1).float().mean()
+        return {"loss": mse + sparsity, "mse": mse, "sparsity": sparsity, "l0": l0}, f
+
+
+class TopKSAE(SparseAutoencoder):
+    """f = ReLU(TopK_k(z)): exactly the k largest pre-activations (those > 0) survive, so L0 <= k.
+
+    The gradient reaches only the selected pre-activations; the loss is the reconstruction error alone.
+    """
+
+    architecture = "topk"
+
+    def __init__(self, d_in: int, d_sae: int, k: int, generator: torch.Generator | None = None) -> None:
+        super().__init__(d_in, d_sae, generator=generator, k=k)
+
+    def _set_hyper(self, k: int = 0) -> None:
+        if not 0 < int(k) <= self.d_sae:
+            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {k}")
+        self.k = int(k)
+
+    def hyperparams(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    def activation(self, z: Tensor) -> Tensor:
+        values, indices = z.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(z).scatter(-1, indices, torch.relu(values))
+
+    def training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
+        f = self.activation(self.pre_acts(x))
+        mse = self._mse(self.decode(f), x)
+        l0 = (f > 0).sum(-1).float().mean()
+        return {"loss": mse, "mse": mse, "sparsity": torch.zeros_like(mse), "l0": l0}, f
