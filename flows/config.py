@@ -31,16 +31,38 @@ def _one_line(path: str, err: ValidationError) -> str:
     return f"{path}: {loc}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 
-def load_suite_config(path: str | Path) -> SuiteConfig:
+def _merged(base: dict, override: dict) -> dict:
+    """`override` over `base`, section by section; lists and values replace, mappings merge."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's fields, with `extends: other.yaml` (relative to the file) resolved underneath them,
+    so a variant states only what it changes."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if p.resolve() in seen:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(s) for s in seen)}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: expected a file name (got {parent!r})")
+    return _merged(_read_yaml(p.parent / parent, seen + (p.resolve(),)), data)
+
+
+def load_suite_config(path: str | Path) -> SuiteConfig:
+    data = _read_yaml(path)
     try:
         return SuiteConfig.model_validate(data)
     except ValidationError as e:

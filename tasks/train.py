@@ -82,5 +82,5 @@ def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, 
         outputs.append(rel)
         metrics[rel.split(f"layer_{layer}/", 1)[1]] = {"steps": t.steps, "tokens": t.tokens,
                                                        "final_l0": t.log[-1]["l0"] if t.log else None}
-    root.remove(ckpt)  # every SAE is written: the Adam state (2x the parameters) is dead weight now
+    root.remove(ckpt.rsplit("/", 1)[0])  # every SAE is written: the Adam state (2x the parameters) is dead weight
     return {"outputs": outputs, "metrics": {"resumed_from_step": trained[0].resumed_from, "saes": metrics}}
