@@ -1,4 +1,4 @@
-"""`scopeflow`: run, status, rerun, report, server.
+"""`scopeflow`: run, status, rerun, report, import, server.
 
 Prefect reads PREFECT_API_URL at import, so nothing here imports prefect (or the flows) until the server is
 up and the variable set; config problems are reported before any of that, in one line.
@@ -139,6 +139,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    """Evaluate a published release (Gemma Scope's layout) on this suite's model and held-out tokens."""
+    try:
+        cfg = load_suite_config(args.config)
+        from flows.prepare import prepare_suite
+        from tasks.model import load_config
+        from tasks.release_import import import_release
+        from tasks.sites import TL_HOOKS, n_layers, site_width
+
+        if args.site not in TL_HOOKS:
+            return _fail(f"--site: unknown site {args.site!r} (one of {', '.join(TL_HOOKS)})")
+        prepared = prepare_suite(cfg, args.config, write=False)
+        hf_config = load_config(cfg.model)
+        rows = import_release(cfg, args.release, args.site, args.name, prepared.root, site_width(hf_config, args.site),
+                              n_layers(hf_config), prepared.model_name)
+    except ConfigError as e:
+        return _fail(str(e))
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e).splitlines()[0])
+    table = Table(title=f"'{args.name}' ({args.site}) on suite '{cfg.name}''s model and held-out tokens",
+                  title_justify="left")
+    for col in ("layer", "width", "average_l0 (release)", "L0", "FVU", "delta loss", "dead"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["layer"]), r["width_label"], str(r["average_l0_label"]), f"{r['l0']:.1f}",
+                      f"{r['fvu']:.3f}", f"{r['delta_loss']:.4f}", f"{r['dead_frac']:.1%}")
+    console.print(table)
+    console.print(f"evaluations: {prepared.root.path(f'imports/{args.name}/evals/{args.site}')}", highlight=False,
+                  soft_wrap=True)
+    return 0
+
+
 def cmd_server(args) -> int:
     """The dashboard over the same database `scopeflow run` uses, until Ctrl-C."""
     from infra.prefect_server import start_server, stop_server
@@ -174,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="print the metrics table and where the report is")
     rp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     rp.set_defaults(fn=cmd_report)
+    im = sub.add_parser("import", help="evaluate a Gemma Scope release folder on this suite's model and eval tokens")
+    im.add_argument("config")
+    im.add_argument("release", help="folder of layer_{L}/width_{W}/average_l0_{N}/params.npz")
+    im.add_argument("--site", required=True, help="the site the release was trained on: res, att or mlp")
+    im.add_argument("--name", default="gemma-scope", help="a name for the release (its folder under imports/)")
+    im.set_defaults(fn=cmd_import)
     sv = sub.add_parser("server", help="start the Prefect server and dashboard on the run database")
     sv.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     sv.add_argument("--port", type=int, default=4200)

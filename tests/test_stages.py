@@ -184,3 +184,51 @@ def test_units_are_bit_for_bit_repeatable(suite, tmp_path):
     before = root.read_bytes(f"{folder}/sae_weights.safetensors")
     run_unit(cfg, spec, root)
     assert root.read_bytes(f"{folder}/sae_weights.safetensors") == before
+
+
+def test_a_gemma_scope_release_is_imported_and_evaluated_like_the_suites_own(suite, tmp_path, capsys):
+    """The suite's own SAEs laid out as a Gemma Scope release (layer_{L}/width_{W}/average_l0_{N}/params.npz)
+    evaluate to exactly the numbers the evaluate stage gave them; bad releases fail naming the file."""
+    import shutil
+
+    import yaml
+
+    from flows.cli import main
+    from tasks.release_import import import_eval_path
+
+    cfg, prepared, _ = suite
+    root = prepared.root
+    own = pq.read_table(io.BytesIO(root.read_bytes(eval_path("att", 2)))).to_pylist()
+    release = tmp_path / "release"
+    for row in own:
+        target = release / f"layer_2/width_{row['width']}/average_l0_{round(row['l0'] * 1000)}"
+        target.mkdir(parents=True)
+        shutil.copyfile(root.path(row["sae_path"], "params.npz"), target / "params.npz")
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+
+    assert main(["import", str(path), str(release), "--site", "att", "--name", "mine"]) == 0
+    assert "'mine' (att)" in capsys.readouterr().out
+    imported = pq.read_table(io.BytesIO(root.read_bytes(import_eval_path("mine", "att", 2)))).to_pylist()
+    assert len(imported) == len(own)
+    by_l0 = {r["average_l0_label"]: r for r in imported}
+    for row in own:
+        got = by_l0[round(row["l0"] * 1000)]
+        for key in ("l0", "fvu", "delta_loss", "clean_loss", "dead_frac", "n_tokens", "freq_hist"):
+            assert got[key] == row[key], key
+        assert got["fvu_mean"] == "train" and got["source"] == "mine"
+        assert root.exists(f"{got['sae_path']}/cfg.json") and root.exists(f"{got['sae_path']}/params.npz")
+
+    bad = tmp_path / "bad"
+    (bad / "layer_2/width_64").mkdir(parents=True)
+    shutil.copyfile(release.glob("layer_2/*/*/params.npz").__next__(), bad / "layer_2/width_64/params.npz")
+    assert main(["import", str(path), str(bad), "--site", "att"]) == 2
+    err = capsys.readouterr().err
+    assert "layer_2/width_64/params.npz" in err and "Gemma Scope's layout" in err
+    shutil.move(bad / "layer_2/width_64/params.npz", bad / "params.npz")
+    (bad / "layer_2").rename(bad / "layer_9")
+    (bad / "layer_9/width_64/average_l0_5").mkdir()
+    shutil.move(bad / "params.npz", bad / "layer_9/width_64/average_l0_5/params.npz")
+    assert main(["import", str(path), str(bad), "--site", "att", "--name", "oob"]) == 2
+    assert "layer 9 is out of range for a 4-layer model" in capsys.readouterr().err
+    assert not root.exists("imports/oob")  # checked before anything was written
