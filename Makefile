@@ -16,12 +16,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch, transformers, ray, prefect, prefect_ray, zarr, s3fs, pyarrow, pydantic"
 	touch $@
 
+# The interop extra (SAELens and its ~40 dependencies) only for the tests that open our SAEs in SAELens.
+$(VENV)/.interop: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,interop]' 2>&1 | $(PIP_FILTER)
+	$(PY) -c "import sae_lens"
+	touch $@
+
 install: $(VENV)/.installed
 
 run: install
 	$(VENV)/bin/scopeflow run $(CONFIG)
 
-test: install
+test: $(VENV)/.interop
 	$(PY) -m pytest -q
 
 clean:

@@ -126,6 +126,18 @@ def save_saelens(
     (folder / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def _fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens's `rescale_acts_by_decoder_norm` encodes with z * ||W_dec_i|| and decodes f / ||W_dec_i||;
+    moving the norms into W_enc, b_enc and W_dec gives the same SAE with unit decoder rows (a no-op when the
+    rows already are unit, as SAELens's save_inference_model leaves them while still writing the flag)."""
+    norms = tensors["W_dec"].float().norm(dim=1)
+    out = dict(tensors)
+    out["W_enc"] = tensors["W_enc"].float() * norms
+    out["b_enc"] = tensors["b_enc"].float() * norms
+    out["W_dec"] = tensors["W_dec"].float() / norms[:, None]
+    return out
+
+
 def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """Load a SAELens v6 JumpReLU, TopK or standard (ReLU) SAE, saved by save_saelens or SAELens, as float32."""
     folder = Path(folder)
@@ -137,11 +149,11 @@ def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict[str, Any]]
                          f"{sorted(SAELENS_ARCHITECTURES.values())}")
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold it first")
-    if cfg.get("rescale_acts_by_decoder_norm"):
-        raise ValueError(f"{folder / SAELENS_CFG}: rescale_acts_by_decoder_norm=true is not supported")
     if ours == "topk" and not isinstance(cfg.get("k"), int):
         raise ValueError(f"{folder / SAELENS_CFG}: a topk SAE with no k")
     tensors = load_file(str(folder / SAELENS_WEIGHTS))
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        tensors = _fold_decoder_norms(tensors)
     hyper = {"k": cfg["k"]} if ours == "topk" else {}
     sae = SAE_CLASSES[ours].from_tensors(tensors, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)), **hyper)
     if (sae.d_in, sae.d_sae) != (cfg.get("d_in"), cfg.get("d_sae")):

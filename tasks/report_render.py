@@ -424,6 +424,27 @@ def _plot_by_layer(rows: list[dict], metric: str, title: str, path: pathlib.Path
     return _save(fig, path)
 
 
+def _draw_sweeps(ax, pts: list[dict], metric: str, by: str, colors: dict[str, str],
+                 styles: dict[float, tuple[str, str]]) -> None:
+    """(L0, metric) points coloured by `by` (site or architecture), marked by width; faint lines join the
+    sparsity settings of one (`by`, layer, width): each is that SAE family's sparsity/fidelity curve."""
+    families: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for r in pts:
+        families[(str(r.get(by)), _as_float(r.get("layer")), _as_float(r.get("width")))].append(
+            (_as_float(r["l0"]), _as_float(r[metric])))
+    for (group, _, _), fam in families.items():
+        if len(fam) > 1:
+            xs, ys = zip(*sorted(fam))
+            ax.plot(xs, ys, color=colors[group], alpha=0.25, linewidth=1.0, zorder=1)
+    for group, color in colors.items():
+        for w, (marker, _) in styles.items():
+            sel = [r for r in pts if str(r.get(by)) == group and _as_float(r.get("width")) == w]
+            if sel:
+                ax.scatter([_as_float(r["l0"]) for r in sel], [_as_float(r[metric]) for r in sel],
+                           color=color, marker=marker, s=34, alpha=0.85, edgecolors="white", linewidths=0.5,
+                           zorder=2)
+
+
 def _plot_pareto(rows: list[dict], metric: str, title: str, path: pathlib.Path) -> pathlib.Path:
     fig = _new_figure(6.3, 4.6)
     ax = fig.subplots()
@@ -439,23 +460,7 @@ def _plot_pareto(rows: list[dict], metric: str, title: str, path: pathlib.Path) 
     styles = _width_styles(widths)
     _auto_log(ax, [_as_float(r["l0"]) for r in pts], "x")
 
-    # Faint lines join the lambdas of one (site, layer, width): each is that SAE family's sparsity/fidelity curve.
-    families: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    for r in pts:
-        families[(str(r.get("site")), _as_float(r.get("layer")), _as_float(r.get("width")))].append(
-            (_as_float(r["l0"]), _as_float(r[metric])))
-    for (site, _, _), fam in families.items():
-        if len(fam) > 1:
-            xs, ys = zip(*sorted(fam))
-            ax.plot(xs, ys, color=colors[site], alpha=0.25, linewidth=1.0, zorder=1)
-
-    for site in sites:
-        for w in widths:
-            sel = [r for r in pts if str(r.get("site")) == site and _as_float(r.get("width")) == w]
-            if sel:
-                ax.scatter([_as_float(r["l0"]) for r in sel], [_as_float(r[metric]) for r in sel],
-                           color=colors[site], marker=styles[w][0], s=34, alpha=0.85,
-                           edgecolors="white", linewidths=0.5, zorder=2)
+    _draw_sweeps(ax, pts, metric, "site", colors, styles)
     ax.set_xlabel(_METRIC_LABELS["l0"])
     ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
 
@@ -493,21 +498,7 @@ def _plot_architectures(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
             if not pts:
                 _no_data(ax, "no finite values")
                 continue
-            families: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-            for r in pts:
-                families[(str(r.get("architecture")), _as_float(r.get("layer")), _as_float(r.get("width")))].append(
-                    (_as_float(r["l0"]), _as_float(r[metric])))
-            for (arch, _, _), fam in families.items():
-                if len(fam) > 1:
-                    xs, ys = zip(*sorted(fam))
-                    ax.plot(xs, ys, color=colors[arch], alpha=0.3, linewidth=1.0, zorder=1)
-            for arch in archs:
-                for w in widths:
-                    sel = [r for r in pts if str(r.get("architecture")) == arch and _as_float(r.get("width")) == w]
-                    if sel:
-                        ax.scatter([_as_float(r["l0"]) for r in sel], [_as_float(r[metric]) for r in sel],
-                                   color=colors[arch], marker=styles[w][0], s=30, alpha=0.85,
-                                   edgecolors="white", linewidths=0.5, zorder=2)
+            _draw_sweeps(ax, pts, metric, "architecture", colors, styles)
             _auto_log(ax, [_as_float(r["l0"]) for r in pts], "x")
             if row_i == 0:
                 ax.set_title(site)

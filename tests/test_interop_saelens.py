@@ -34,6 +34,16 @@ NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 LENS_CLASSES = {"jumprelu": LensJumpReLUSAE, "topk": LensTopKSAE, "relu": LensStandardSAE}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Everything here is tiny (d_model 64, width 128): on a busy 2-core machine two intra-op threads
+    spin against each other and the sweep below took ~7 s instead of ~0.15 s. Restored afterwards."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="module")
 def acts(embedded_assets) -> torch.Tensor:
     """The residual stream after layer 1 of the embedded Gemma 2 on 16 corpus documents (BOS, EOS and
@@ -119,6 +129,24 @@ def test_saelens_loads_our_jumprelu_export(acts, trained, tmp_path):
     _assert_same_codes(ours, lens, acts)
 
 
+def test_threshold_is_strict_in_both(trained, tmp_path):
+    """z == threshold is inactive in both (f = z * H(z - theta), H strict). Real activations never land on a
+    threshold exactly, so this is forced: for x = 0 both compute z = b_enc exactly, and half the latents
+    get threshold = b_enc; the other half sit just below it and fire."""
+    ours = trained["jumprelu"]
+    b_enc = ours.b_enc.detach().abs() + 0.5
+    tie = torch.arange(ours.d_sae) % 2 == 0
+    threshold = torch.where(tie, b_enc, b_enc - 0.25)
+    edited = JumpReLUSAE.from_tensors({**ours.state_tensors(), "b_enc": b_enc, "threshold": threshold})
+    lens = SAE.load_from_disk(_save(edited, tmp_path / "tie"), device="cpu")
+    zero = torch.zeros(3, ours.d_in)
+    with torch.no_grad():
+        f_ours, f_lens = edited.encode(zero), lens.encode(zero)
+    assert torch.equal(edited.pre_acts(zero).detach()[0], b_enc)
+    assert not f_ours[:, tie].any() and not f_lens[:, tie].any()
+    assert torch.equal(f_lens, f_ours) and torch.equal(f_ours[0, ~tie], b_enc[~tie])
+
+
 @pytest.mark.parametrize("arch", ["topk", "relu"])
 def test_saelens_loads_our_baseline_exports(acts, trained, tmp_path, arch):
     ours = trained[arch]
@@ -197,3 +225,24 @@ def test_saelens_trained_jumprelu_loads_with_ours(acts, tmp_path):
         active = lens.encode(acts) != 0
     assert 0 < active.float().mean() < 1
     _assert_same_codes(back, lens, acts)
+
+
+def test_topk_with_decoder_norm_rescaling_loads_with_ours(acts, trained, tmp_path):
+    """SAELens's TopK training default, rescale_acts_by_decoder_norm, encodes with z * ||W_dec_i|| and decodes
+    with f / ||W_dec_i||; our loader folds the norms into the weights and reconstructs the same x_hat."""
+    folder = _save(trained["topk"], tmp_path / "topk")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    tensors["W_dec"] = tensors["W_dec"] * (0.5 + torch.rand(tensors["W_dec"].shape[0], 1, generator=gen))
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    lens = SAE.load_from_disk(folder, device="cpu")
+    assert lens.cfg.rescale_acts_by_decoder_norm is True
+    ours, _ = load_saelens(folder)
+    assert torch.allclose(ours.W_dec.norm(dim=1), torch.ones(ours.d_sae), atol=1e-5)
+    scale = float(acts.abs().max())
+    with torch.no_grad():
+        torch.testing.assert_close(ours(acts)[0], lens(acts), rtol=1e-5, atol=1e-5 * scale)
+        assert torch.equal(ours.encode(acts) != 0, lens.encode(acts) != 0)
