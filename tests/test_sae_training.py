@@ -207,3 +207,17 @@ def test_bf16_autocast_keeps_master_weights_thresholds_and_adam_in_fp32(tmp_path
     assert all(s["exp_avg_sq"].dtype == torch.float32 for s in adam.values())
     assert not torch.equal(t.sae.W_enc, f32.sae.W_enc)  # it did run in bf16
     np.testing.assert_allclose(t.log[-1]["mse"], f32.log[-1]["mse"], rtol=0.1)
+
+
+def test_a_zarr_array_is_an_activation_source():
+    """The public API reads a zarr array directly (no storage code in between): same SAEs as from memory."""
+    import zarr
+
+    rows = _rows(6)
+    z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=tuple(rows.shape), chunks=(128, 8), dtype="float32")
+    z[:] = rows.numpy()
+    cfg = _cfg(widths=[16], lambdas=[0.01], epochs=1)
+    (a,) = train_saes(z, None, cfg, norm_scale=14.0)
+    (b,) = train_saes(rows, None, cfg, norm_scale=14.0)
+    assert a.steps == b.steps == 6
+    assert all(torch.equal(v, b.sae.state_tensors()[k]) for k, v in a.sae.state_tensors().items())
