@@ -41,6 +41,8 @@ def _child(args: argparse.Namespace) -> dict:
     raw = yaml.safe_load((REPO / args.config).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         raw["storage"].update(root=tmp, activation_dtype=args.dtype)
+        if args.chunk_rows:
+            raw["storage"].update(chunk_rows=args.chunk_rows)
         raw["corpus"].update(max_train_seqs=args.size)
         raw["extract"].update(seqs_per_shard=args.size, batch_size=args.batch)
         cfg = SuiteConfig.model_validate(raw)
@@ -86,6 +88,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--chunk-rows", type=int, default=0, help="override storage.chunk_rows (default: the config's)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/extract-cpu.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -99,7 +102,8 @@ def main() -> None:
     for dtype in args.dtypes:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--child", "--config", args.config, "--dtype", dtype, "--size", str(size),
-                   "--batch", str(args.batch), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                   "--batch", str(args.batch), "--repeats", str(args.repeats), "--threads", str(args.threads),
+                   "--chunk-rows", str(args.chunk_rows)]
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
