@@ -7,6 +7,7 @@ makes their L0-vs-fidelity curves comparable.
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-class SparseAutoencoder(nn.Module):
+class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
     """x_hat = act(x @ W_enc + b_enc) @ W_dec + b_dec, in its training form or its released (folded) form.
 
     `apply_b_dec_to_input` tells the two apart: training subtracts b_dec before encoding (on activations
@@ -65,13 +66,14 @@ class SparseAutoencoder(nn.Module):
         """What, besides the tensors, rebuilds this SAE (stored in checkpoints and release configs)."""
         return {}
 
+    @abstractmethod
     def activation(self, z: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Latent codes f from float32 pre-activations z."""
 
+    @abstractmethod
     def training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
         """({"loss", "mse", "sparsity", "l0"}, f) on normalised activations; `coefficient` is the warmed-up
         sparsity coefficient (ignored by architectures whose sparsity is structural)."""
-        raise NotImplementedError
 
     def _fold_extra(self, scale: float) -> dict[str, Tensor]:
         return {}

@@ -79,7 +79,8 @@ class ArrayBatches:
 
 
 def check_source(batches: BatchSource, epochs: int) -> None:
-    if callable(batches) or isinstance(batches, ArrayBatches) or is_array(batches):
+    """For streams; arrays are wrapped in ArrayBatches before this is called."""
+    if callable(batches) or isinstance(batches, ArrayBatches):
         return
     if not isinstance(batches, Iterable):
         raise TypeError("batches must be a 2-D array, an iterable of tensors, or a callable returning one")

@@ -44,11 +44,6 @@ class TrainedSAE:
     def point(self) -> SweepPoint:
         return SweepPoint(self.architecture, self.width, self.sparsity)
 
-    @property
-    def lam(self) -> float:
-        """The sparsity setting under JumpReLU's name (lambda), for the common single-architecture case."""
-        return self.sparsity
-
 
 @dataclass
 class _Run:

@@ -329,7 +329,7 @@ def test_trainer_is_bit_for_bit_repeatable():
     batches = _gaussian_batches(10)
     a = train_saes(batches, 8, _tiny_cfg(), norm_scale=14.0)
     b = train_saes(batches, 8, _tiny_cfg(), norm_scale=14.0)
-    assert [(t.width, t.lam) for t in a] == [(16, 0.01), (16, 0.1), (24, 0.01), (24, 0.1)]
+    assert [(t.width, t.sparsity) for t in a] == [(16, 0.01), (16, 0.1), (24, 0.01), (24, 0.1)]
     for ta, tb in zip(a, b):
         for name, value in ta.sae.state_tensors().items():
             assert torch.equal(value, tb.sae.state_tensors()[name]), name
@@ -350,12 +350,12 @@ def test_trainer_logs_steps_tokens_and_returns_folded_saes():
         assert t.steps == 10 and t.tokens == 640
         assert [r["step"] for r in t.log] == [4, 8, 10]
         assert [r["tokens"] for r in t.log] == [256, 512, 640]
-        assert t.log[-1]["lambda_t"] == t.lam and t.log[0]["lambda_t"] == pytest.approx(t.lam * 3 / 5)
+        assert t.log[-1]["lambda_t"] == t.sparsity and t.log[0]["lambda_t"] == pytest.approx(t.sparsity * 3 / 5)
         assert t.log[-1]["lr"] == pytest.approx(2e-3)
         assert all(0.0 <= r["dead_frac"] <= 1.0 and r["fvu_batch"] > 0 for r in t.log)
         assert t.sae.apply_b_dec_to_input is False
         assert all(r["sparsity_loss"] == pytest.approx(r["lambda_t"] * r["l0"], rel=1e-6) for r in t.log)
-        assert t.log == [r for r in records if (r["width"], r["sparsity"]) == (t.width, t.lam)]
+        assert t.log == [r for r in records if (r["width"], r["sparsity"]) == (t.width, t.sparsity)]
 
 
 def test_trainer_epochs_and_batch_sources():
