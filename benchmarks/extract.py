@@ -32,7 +32,7 @@ def _child(args: argparse.Namespace) -> dict:
 
     from flows.config import SuiteConfig
     from storage.root import StorageRoot
-    from tasks.extract import extract_shard
+    from tasks.extract import extract_shard, forward_until
     from tasks.model import load_model, pick_device
     from tasks.tokenize import TOKENS_TRAIN, tokenize_corpus
 
@@ -43,6 +43,8 @@ def _child(args: argparse.Namespace) -> dict:
         raw["storage"].update(root=tmp, activation_dtype=args.dtype)
         if args.chunk_rows:
             raw["storage"].update(chunk_rows=args.chunk_rows)
+        if args.shard_chunks:
+            raw["storage"].update(shard_chunks=args.shard_chunks)
         raw["corpus"].update(max_train_seqs=args.size)
         raw["extract"].update(seqs_per_shard=args.size, batch_size=args.batch)
         cfg = SuiteConfig.model_validate(raw)
@@ -55,24 +57,35 @@ def _child(args: argparse.Namespace) -> dict:
         batches = [torch.from_numpy(tokens[s:s + args.batch].astype(np.int64)).to(device)
                    for s in range(0, len(tokens), args.batch)]
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        last = max(layers)
         with torch.inference_mode():
             model(batches[0])  # warm-up
-            bare = []
+            bare, full = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 for b in batches:
-                    model(b)
+                    forward_until(model, b, last)
                 bare.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for b in batches:
+                    model(b)
+                full.append(time.perf_counter() - t0)
         extract = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            result = extract_shard(cfg, 0, layers, root)
+            result = extract_shard(cfg, 0, [(s, layer) for s in cfg.sites for layer in layers], root)
             extract.append(time.perf_counter() - t0)
         n_tokens = int(tokens.size)
         written = sum(p.stat().st_size for p in Path(tmp, "activations").rglob("*") if p.is_file())
-        return {"dtype": args.dtype, "seqs": int(len(tokens)), "tokens": n_tokens, "rows": result["metrics"]["rows"],
+        from tasks.capacity import ModelShape
+
+        fpt = ModelShape.from_hf_config(model.config).forward_flops_per_token(n_tokens // len(tokens), last,
+                                                                              logits=False)
+        return {"model": cfg.model.name_or_path, "device": str(device), "forward_flops_per_token": fpt,
+                "dtype": args.dtype, "seqs": int(len(tokens)), "tokens": n_tokens, "rows": result["metrics"]["rows"],
                 "site_layers": len(cfg.sites) * len(layers), "batch": args.batch,
-                "bare_s": min(bare), "extract_s": min(extract),
+                "bare_s": min(bare), "extract_s": min(extract), "full_forward_s": min(full),
+                "full_forward_tokens_per_s": n_tokens / min(full),
                 "bare_tokens_per_s": n_tokens / min(bare), "extract_tokens_per_s": n_tokens / min(extract),
                 "ratio": min(bare) / min(extract), "bytes_written": written,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -89,6 +102,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     p.add_argument("--chunk-rows", type=int, default=0, help="override storage.chunk_rows (default: the config's)")
+    p.add_argument("--shard-chunks", type=int, default=0,
+                   help="override storage.shard_chunks (default: the config's)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/extract-cpu.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -103,12 +118,12 @@ def main() -> None:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--child", "--config", args.config, "--dtype", dtype, "--size", str(size),
                    "--batch", str(args.batch), "--repeats", str(args.repeats), "--threads", str(args.threads),
-                   "--chunk-rows", str(args.chunk_rows)]
+                   "--chunk-rows", str(args.chunk_rows), "--shard-chunks", str(args.shard_chunks)]
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "
-                  f"bare {r['bare_tokens_per_s']:9,.0f} tok/s | extract {r['extract_tokens_per_s']:9,.0f} tok/s | "
+                  f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | extract {r['extract_tokens_per_s']:9,.0f} tok/s | "
                   f"ratio {r['ratio']:.3f} | {r['bytes_written'] / 1e6:6.1f} MB written | "
                   f"peak RSS {r['peak_rss_mb']:6.0f} MB (after model load {r['rss_after_tokenize_and_model_mb']:.0f})",
                   flush=True)

@@ -102,7 +102,7 @@ def cmd_rerun(args) -> int:
 
     if args.stage not in STAGES:
         return _fail(f"--stage: unknown stage {args.stage!r} (one of {', '.join(STAGES)})")
-    return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer}])
+    return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer, "shard": args.shard}])
 
 
 def cmd_status(args) -> int:
@@ -136,6 +136,86 @@ def cmd_report(args) -> int:
         return _fail(str(e))
     except FileNotFoundError as e:
         return _fail(f"no evaluations yet ({e}); run `scopeflow run {args.config}` first")
+    return 0
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB", "EB"):
+        if abs(n) < 1000 or unit == "EB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} EB"
+
+
+def _n_train_seqs(cfg: SuiteConfig) -> int | None:
+    """The corpus cap, else the tokens already written at the root, else unknown."""
+    if cfg.corpus.max_train_seqs:
+        return cfg.corpus.max_train_seqs
+    from flows.prepare import open_root
+    from tasks.tokenize import TOKENS_TRAIN
+
+    root = open_root(cfg)
+    if root.exists(f"{TOKENS_TRAIN}/zarr.json"):
+        import zarr
+
+        return zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
+    return None
+
+
+def cmd_plan(args) -> int:
+    """Units, bytes, objects, FLOPs and device-hours per stage, and the storage waves, before any run."""
+    from tasks.capacity import capacity_plan, describe_groups, load_shape, load_throughputs
+
+    try:
+        cfg = load_suite_config(args.config)
+        shape, shape_source = load_shape(cfg.model)
+        layers = cfg.resolved_layers(shape.n_layers)
+        n_train = _n_train_seqs(cfg)
+        if n_train is None:
+            return _fail(f"{args.config}: corpus.max_train_seqs is not set and nothing is tokenized yet at "
+                         f"{cfg.storage.root}: the plan needs a token count")
+        bench = Path(args.throughputs)
+        files = [bench / f"{name}-{args.device}.json" for name in ("extract", "train", "shuffle")]
+        rates = load_throughputs(*files) if files[0].exists() and files[1].exists() else None
+        plan = capacity_plan(cfg, shape, layers, n_train, rates)
+    except ConfigError as e:
+        return _fail(str(e))
+    except ValueError as e:
+        return _fail(f"{args.config}: {str(e).splitlines()[0]}")
+    console.print(f"[bold]plan for suite '{cfg.name}'[/bold] ({args.config}): {cfg.model.name_or_path} "
+                  f"({shape.n_layers} layers, d_model {shape.d_model}; shape from {shape_source})", highlight=False)
+    console.print(f"{plan['n_train_seqs']:,} train sequences x {cfg.corpus.ctx} = {plan['tokens']:,} tokens; "
+                  f"{plan['site_layers']} (site, layer) groups, {plan['saes']:,} SAEs; "
+                  f"{_bytes(plan['bytes_per_token'])} of activations per token ({cfg.storage.activation_dtype})",
+                  highlight=False)
+    table = Table(title="per stage", title_justify="left")
+    for col in ("stage", "on", "units", "written", "objects", "PFLOP", f"{args.device}-hours"):
+        table.add_column(col, justify="left" if col in ("stage", "on") else "right")
+    for r in plan["stages"]:
+        table.add_row(r["stage"], r["resource"], f"{r['units']:,}", _bytes(r["bytes"]),
+                      "-" if r["objects"] is None else f"{r['objects']:,}",
+                      f"{r['flops'] / 1e15:,.3f}" if r["flops"] else "-",
+                      "-" if r["hours"] is None else f"{r['hours']:,.2f}")
+    console.print(table)
+    if rates is None:
+        console.print(f"hours: no measured throughputs in {bench} for device '{args.device}' (run "
+                      f"benchmarks/extract.py, train.py and shuffle.py there)", highlight=False)
+    else:
+        console.print(f"hours at measured rates: extraction {rates.extract_flops_per_s / 1e9:,.1f} GFLOP/s from "
+                      f"{rates.extract_source}; training {min(rates.train_flops_per_s.values()) / 1e9:,.0f}-"
+                      f"{max(rates.train_flops_per_s.values()) / 1e9:,.0f} GFLOP/s by width from {rates.train_source};"
+                      f" shuffle from {rates.shuffle_source}", highlight=False, soft_wrap=True)
+    budget = cfg.storage.budget_bytes
+    waves = Table(title=f"storage waves (budget {_bytes(budget) if budget else 'none: one wave'}"
+                        f"{', activations kept' if cfg.storage.keep_activations else ''})", title_justify="left")
+    for col in ("wave", "groups", "activations (extracted + shuffled)"):
+        waves.add_column(col, justify="left" if col == "groups" else "right")
+    for w in plan["waves"]:
+        waves.add_row(str(w["wave"] + 1), describe_groups(w["groups"]), _bytes(w["bytes"]))
+    console.print(waves)
+    console.print(f"peak activation storage: {_bytes(plan['peak_storage'])}", highlight=False)
     return 0
 
 
@@ -202,7 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--stage", required=True)
     rr.add_argument("--site")
     rr.add_argument("--layer", type=int)
+    rr.add_argument("--shard", type=int, help="one extract shard (the unit named in a corrupt-chunk error)")
     rr.set_defaults(fn=cmd_rerun)
+    pl = sub.add_parser("plan", help="units, bytes, objects, FLOPs and device-hours per stage, and storage waves")
+    pl.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    pl.add_argument("--throughputs", default="benchmarks/results",
+                    help="folder of measured rates: extract-DEVICE.json, train-DEVICE.json, shuffle-DEVICE.json")
+    pl.add_argument("--device", default="cpu", help="which measurements to use (cpu, cuda, ...)")
+    pl.set_defaults(fn=cmd_plan)
     rp = sub.add_parser("report", help="print the metrics table and where the report is")
     rp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     rp.set_defaults(fn=cmd_report)

@@ -6,6 +6,7 @@ import zarr
 from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from storage.ledger import Ledger
+from tasks.capacity import suite_waves
 from tasks.extract import n_shards
 from tasks.plan import STAGES, downstream_units, tokenize_units
 from tasks.tokenize import TOKENS_TRAIN
@@ -19,7 +20,8 @@ def stage_status(cfg: SuiteConfig, config_path: str) -> list[dict]:
     if ledger.is_complete("tokenize", "corpus", plan["tokenize"][0].fingerprint):
         n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
         plan.update(downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
-                                     prepared.model_name, plan["tokenize"][0]))
+                                     prepared.model_name, plan["tokenize"][0],
+                                     suite_waves(cfg, prepared.layers, n_train)))
     rows = []
     for stage in STAGES:
         specs = plan.get(stage)

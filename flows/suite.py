@@ -12,8 +12,9 @@ from flows.schedule import RunState, Selector, select
 from flows.stages import run_stage_flow
 from infra.ray_local import init_ray
 from storage.ledger import Ledger
+from tasks.capacity import suite_waves
 from tasks.extract import n_shards
-from tasks.plan import STAGES, downstream_units, tokenize_units
+from tasks.plan import STAGES, UnitSpec, downstream_units, tokenize_units
 from tasks.tokenize import TOKENS_TRAIN
 
 
@@ -23,13 +24,46 @@ def rerun_command(config_path: str, key: str) -> str:
     if "/layer_" in unit:
         site, layer = unit.split("/layer_")
         cmd += f" --site {site} --layer {layer}"
+    elif unit.startswith("shard_"):
+        cmd += f" --shard {int(unit.removeprefix('shard_'))}"
     return cmd
+
+
+def failure_line(config_path: str, key: str, ledger: Ledger) -> str:
+    """A failed unit and the command that repairs it: itself, or, when it read a corrupt chunk, the unit that
+    wrote that chunk (re-running the reader would only read the same bad bytes again)."""
+    stage, unit = key.split(":", 1)
+    rec = ledger.get(stage, unit)
+    if rec and rec.error and rec.error.type == "CorruptChunkError":
+        path = rec.error.message.split(": chunk ")[0]
+        producer = ledger.producer_of(path, STAGES[:STAGES.index(stage)])
+        if producer:
+            pkey = f"{producer.stage}:{producer.unit}"
+            return (f"  {key}   read a corrupt chunk written by {pkey} ({rec.error.message})\n"
+                    f"      repair: {rerun_command(config_path, pkey)}")
+    return f"  {key}   re-run: {rerun_command(config_path, key)}"
+
+
+def _freed_inputs(specs: list[UnitSpec], by_key: dict[str, UnitSpec], ledger: Ledger) -> list[UnitSpec]:
+    """Freed units whose outputs these specs read (transitively): they run again first, as a restore that
+    does not count as a change (same fingerprint, same bytes), so nothing else re-runs because of it."""
+    need: dict[str, UnitSpec] = {}
+    stack = [d for s in specs for d in s.deps]
+    while stack:
+        key = stack.pop()
+        spec = by_key.get(key)
+        if key in need or spec is None or not ledger.is_freed(spec.stage, spec.unit, spec.fingerprint):
+            continue
+        need[key] = spec
+        stack.extend(spec.deps)
+    return sorted(need.values(), key=lambda s: STAGES.index(s.stage))
 
 
 @flow(name="scopeflow-suite", flow_run_name="suite:{config_path}", validate_parameters=True, persist_result=False)
 def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = None) -> dict:
-    """`rerun` holds selectors {stage, site?, layer?}: those units run whatever the ledger says, and so do
-    the units that depend on them."""
+    """`rerun` holds selectors {stage, site?, layer?, shard?}: those units run whatever the ledger says, and so
+    do the units that depend on them. With storage.budget_bytes the groups run wave by wave (extract,
+    shuffle, train, evaluate), and each wave's activations are freed once its SAEs are evaluated."""
     logger = get_run_logger()
     cfg = load_suite_config(config_path)
     prepared = prepare_suite(cfg, config_path)
@@ -38,26 +72,46 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     ledger = Ledger(root)
     state = RunState()
     summary: dict[str, dict[str, int]] = {}
+    plan: dict[str, list[UnitSpec]] = {"tokenize": tokenize_units(cfg)}
+    by_key: dict[str, UnitSpec] = {}
+
+    def run(stage: str, specs: list[UnitSpec]) -> None:
+        pending = select(specs, ledger, state, selectors)
+        restore = _freed_inputs(pending, by_key, ledger)
+        for up in STAGES:
+            batch = [s for s in restore if s.stage == up]
+            if batch:
+                logger.info("%s: restoring %d freed unit(s) that %s needs", up, len(batch), stage)
+                bad = [k for k, v in run_stage_flow(up, cfg, batch, root).items() if v == "failed"]
+                state.failed.update(bad)
+        outcome = run_stage_flow(stage, cfg, pending, root)
+        state.ran.update(k for k, v in outcome.items() if v == "complete")
+        state.failed.update(k for k, v in outcome.items() if v == "failed")
+        row = summary.setdefault(stage, {"units": 0, "ran": 0, "skipped": 0, "failed": 0, "blocked": 0})
+        row["units"] += len(specs)
+        row["ran"] += len(pending)
+        row["skipped"] += sum(s.key in state.skipped for s in specs)
+        row["failed"] += sum(v == "failed" for v in outcome.values())
+        row["blocked"] += sum(s.key in state.blocked for s in specs)
+        logger.info("%s: %s", stage, row)
+
     started_ray = init_ray(cfg.orchestration)
     try:
-        plan = {"tokenize": tokenize_units(cfg)}
-        for stage in STAGES:
-            if stage == "extract":
-                if state.failed:
-                    break
-                n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
-                plan.update(downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
-                                             prepared.model_name, plan["tokenize"][0]))
-            specs = plan[stage]
-            pending = select(specs, ledger, state, selectors)
-            outcome = run_stage_flow(stage, cfg, pending, root)
-            state.ran.update(k for k, v in outcome.items() if v == "complete")
-            state.failed.update(k for k, v in outcome.items() if v == "failed")
-            summary[stage] = {"units": len(specs), "ran": len(pending),
-                              "skipped": sum(k in state.skipped for k in (s.key for s in specs)),
-                              "failed": sum(v == "failed" for v in outcome.values()),
-                              "blocked": sum(s.key in state.blocked for s in specs)}
-            logger.info("%s: %s", stage, summary[stage])
+        run("tokenize", plan["tokenize"])
+        if not state.failed:
+            n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
+            waves = suite_waves(cfg, prepared.layers, n_train)
+            plan.update(downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
+                                         prepared.model_name, plan["tokenize"][0], waves))
+            by_key = {s.key: s for specs in plan.values() for s in specs}
+            for w in range(len(waves)):
+                if len(waves) > 1:
+                    logger.info("wave %d of %d: %s", w + 1, len(waves), waves[w])
+                for stage in ("extract", "shuffle", "train", "evaluate"):
+                    run(stage, [s for s in plan[stage] if s.wave == w])
+                if cfg.storage.budget_bytes is not None and not cfg.storage.keep_activations:
+                    _free_wave(plan, w, ledger, logger)
+            run("report", plan["report"])
     finally:
         if started_ray:
             import ray
@@ -68,10 +122,25 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     if "evaluate" in plan and "report:suite" not in state.failed | state.blocked:
         _publish_metrics(root, [(u.site, u.layer) for u in plan["evaluate"]])
     if state.failed:
-        lines = [f"  {k}   re-run: {rerun_command(config_path, k)}" for k in sorted(state.failed)]
+        lines = [failure_line(config_path, k, ledger) for k in sorted(state.failed)]
         raise RuntimeError(f"{len(state.failed)} unit(s) failed ({len(state.blocked)} blocked behind them):\n"
                            + "\n".join(lines))
     return result
+
+
+def _free_wave(plan: dict[str, list[UnitSpec]], wave: int, ledger: Ledger, logger) -> None:
+    """Delete a wave's extracted and shuffled activations once every SAE of it is evaluated; a wave with a
+    failed unit keeps them, so re-running it needs no re-extraction."""
+    done = all(ledger.is_complete(s.stage, s.unit, s.fingerprint)
+               for stage in ("train", "evaluate") for s in plan[stage] if s.wave == wave)
+    if not done:
+        logger.warning("wave %d: not every SAE is evaluated; its activations are kept", wave + 1)
+        return
+    for stage in ("shuffle", "extract"):
+        for s in plan[stage]:
+            if s.wave == wave:
+                ledger.free(s.stage, s.unit)
+    logger.info("wave %d: activations freed", wave + 1)
 
 
 def _publish_artifacts(result: dict) -> None:
@@ -94,8 +163,9 @@ def _publish_metrics(root, keys: list[tuple[str, int]]) -> None:
 
 @flow(name="scopeflow-rerun", flow_run_name="rerun:{stage}:{site}:{layer}", persist_result=False)
 def rerun_flow(config_path: str = DEFAULT_CONFIG, stage: str = "train", site: str | None = None,
-               layer: int | None = None) -> dict:
-    """Force one stage's units (optionally one site and/or layer) and everything downstream of them."""
+               layer: int | None = None, shard: int | None = None) -> dict:
+    """Force one stage's units (optionally one site and/or layer, or one extract shard) and everything
+    downstream of them."""
     if stage not in STAGES:
         raise ValueError(f"--stage: unknown stage {stage!r} (one of {', '.join(STAGES)})")
-    return suite_flow(config_path, rerun=[{"stage": stage, "site": site, "layer": layer}])
+    return suite_flow(config_path, rerun=[{"stage": stage, "site": site, "layer": layer, "shard": shard}])

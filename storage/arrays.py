@@ -6,6 +6,7 @@ reader opens it and the values are bit-exact.
 """
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import numpy as np
@@ -18,17 +19,76 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def create_array(store, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
-                 attributes: dict[str, Any] | None = None, compress: bool = False) -> zarr.Array:
+                 attributes: dict[str, Any] | None = None, compress: bool = False,
+                 shard_chunks: int = 1) -> zarr.Array:
     """Create an array at its final shape (never appended or resized later: concurrent writers are safe only
-    when each owns whole chunks). `dtype` may be the logical "bfloat16"."""
+    when each owns whole chunks, whole shards on a sharded array). `dtype` may be the logical "bfloat16".
+
+    `shard_chunks` > 1 packs that many row-chunks into one storage object (zarr's sharding codec), so a
+    store holds thousands of objects, not millions, while readers still fetch single chunks; each chunk
+    keeps its own crc32c, and so does the shard's index."""
     attrs = dict(attributes or {})
     stored = _STORED_DTYPE.get(dtype, dtype)
     if dtype == "bfloat16":
         attrs["dtype"] = "bfloat16"
     compressors = [ZstdCodec(level=1), Crc32cCodec()] if compress else [Crc32cCodec()]
     chunks = tuple(max(1, min(c, s)) if s > 0 else max(1, c) for c, s in zip(chunks, shape))
-    return zarr.create_array(store=store, name=name, shape=shape, dtype=stored, chunks=chunks,
+    shards = None
+    if shard_chunks > 1 and shape[0] > chunks[0]:
+        rows = min(chunks[0] * shard_chunks, -(-shape[0] // chunks[0]) * chunks[0])
+        shards = (rows, *chunks[1:])
+    return zarr.create_array(store=store, name=name, shape=shape, dtype=stored, chunks=chunks, shards=shards,
                              compressors=compressors, attributes=attrs, overwrite=True, fill_value=0)
+
+
+def write_rows_unit(array: zarr.Array) -> int:
+    """Rows of one storage object (a shard, else a chunk): the unit a writer must own and write whole."""
+    return (array.shards or array.chunks)[0]
+
+
+class CorruptChunkError(ValueError):
+    """A chunk whose bytes fail their checksum; names the array (its full path) and the chunk, so the run
+    can point at the unit that wrote it."""
+
+    def __init__(self, path: str, chunk: int, rows: tuple[int, int], detail: str):
+        self.path, self.chunk, self.rows = path, chunk, rows
+        super().__init__(f"{path}: chunk {chunk} (rows {rows[0]}-{rows[1] - 1}) is corrupt: {detail}")
+
+
+def array_path(array: zarr.Array) -> str:
+    """Where the array lives, as a local path or a URL such as s3://bucket/prefix/... (no credentials: those
+    never enter a store's URL)."""
+    store, rel = array.store_path.store, array.store_path.path
+    fs = getattr(store, "fs", None)
+    if fs is not None:  # an fsspec store
+        protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+        base = f"{protocol}://{store.path}"
+    else:
+        base = str(store.root)
+    return posixpath.join(base, rel) if rel else base
+
+
+def read_block(array: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as stored; a checksum failure becomes a CorruptChunkError naming the first bad chunk
+    in the range (found by re-reading chunk by chunk, which costs nothing on the happy path)."""
+    try:
+        return array[start:stop]
+    except ValueError as e:
+        if "checksum" not in str(e):
+            raise
+        detail = str(e).split(". Stored")[0]
+        chunk = array.chunks[0]
+        for c in range(start // chunk, -(-stop // chunk)):
+            lo, hi = c * chunk, min((c + 1) * chunk, array.shape[0])
+            try:
+                array[lo:hi]
+            except ValueError:
+                raise CorruptChunkError(array_path(array), c, (lo, hi), detail) from None
+        # every chunk reads alone: the shard's own index is what failed
+        shard = write_rows_unit(array)
+        s = start // shard
+        raise CorruptChunkError(array_path(array), start // chunk, (s * shard, min((s + 1) * shard, array.shape[0])),
+                                f"{detail} (the index of the shard holding it)") from None
 
 
 def logical_dtype(array: zarr.Array) -> str:
@@ -58,7 +118,7 @@ def decode_rows(raw: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def read_rows(array: zarr.Array, start: int, stop: int) -> torch.Tensor:
-    return decode_rows(array[start:stop], logical_dtype(array))
+    return decode_rows(read_block(array, start, stop), logical_dtype(array))
 
 
 class DecodedRows:
@@ -80,14 +140,14 @@ class DecodedRows:
 
 
 class RowWriter:
-    """Appends rows to a pre-sized array and writes only whole, aligned chunks (plus the tail at close), so
-    each chunk is encoded once and memory stays bounded by one chunk."""
+    """Appends rows to a pre-sized array and writes only whole, aligned storage objects (shards, else chunks;
+    plus the tail at close), so each is encoded and written once and memory stays bounded by one of them."""
 
     def __init__(self, array: zarr.Array, label: str):
         self.array = array
         self.label = label
         self.dtype = logical_dtype(array)
-        self.chunk = array.chunks[0]
+        self.chunk = write_rows_unit(array)
         self.offset = 0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0

@@ -37,6 +37,8 @@ class UnitRecord(BaseModel):
     error: UnitError | None = None
     outputs: list[str] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    freed_at: datetime | None = Field(None, description="when its outputs were deleted to stay in the storage "
+                                                         "budget; the unit is complete, and re-runs only if needed")
 
     @property
     def duration_s(self) -> float | None:
@@ -68,10 +70,24 @@ class Ledger:
         return record
 
     def is_complete(self, stage: str, unit: str, fingerprint: str) -> bool:
-        """Complete with this fingerprint and every recorded output still present."""
+        """Complete with this fingerprint and every recorded output still present (or deliberately freed)."""
         rec = self.get(stage, unit)
         return (rec is not None and rec.status == "complete" and rec.fingerprint == fingerprint
-                and all(self.root.exists(p) for p in rec.outputs))
+                and (rec.freed_at is not None or all(self.root.exists(p) for p in rec.outputs)))
+
+    def is_freed(self, stage: str, unit: str, fingerprint: str) -> bool:
+        rec = self.get(stage, unit)
+        return (rec is not None and rec.status == "complete" and rec.fingerprint == fingerprint
+                and rec.freed_at is not None)
+
+    def free(self, stage: str, unit: str) -> None:
+        """Delete a complete unit's outputs and record that, so its dependents stay complete."""
+        rec = self.get(stage, unit)
+        if rec is None or rec.status != "complete" or rec.freed_at is not None:
+            return
+        for p in rec.outputs:
+            self.root.remove(p)
+        self._put(rec.model_copy(update=dict(freed_at=_now())))
 
     def start(self, stage: str, unit: str, fingerprint: str) -> UnitRecord:
         prev = self.get(stage, unit)
@@ -90,6 +106,17 @@ class Ledger:
         err = UnitError(type=type(exc).__name__, message=str(exc),
                         traceback="".join(traceback.format_exception(exc))[-4000:])
         return self._put(record.model_copy(update=dict(status="failed", ended_at=_now(), error=err)))
+
+    def producer_of(self, path: str, stages: tuple[str, ...]) -> UnitRecord | None:
+        """The unit whose recorded outputs hold `path` (a full path or URL under the root): who to re-run when
+        a reader finds that file corrupt."""
+        for stage in stages:
+            for rec in self.records(stage):
+                for out in rec.outputs:
+                    full = self.root.path(out)
+                    if path == full or path.startswith(full.rstrip("/") + "/"):
+                        return rec
+        return None
 
     def records(self, stage: str) -> list[UnitRecord]:
         """Every record of a stage; unit ids may contain '/' (site/layer), so walk the folder."""

@@ -16,7 +16,7 @@ def _dispatch(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> dict:
         return tokenize_corpus(cfg, root)
     if spec.stage == "extract":
         from tasks.extract import extract_shard
-        return extract_shard(cfg, spec.shard, spec.args["layers"], root)
+        return extract_shard(cfg, spec.shard, [(site, layer) for site, layer in spec.args["keys"]], root)
     if spec.stage == "shuffle":
         from tasks.shuffle import shuffle_site_layer
         # the source fingerprint ties the shuffled data to the exact shards it came from

@@ -1,23 +1,27 @@
 """Stage 2: one shard of training sequences -> activations of every requested (site, layer).
 
-The model runs batch after batch while a writer thread encodes and stores the previous batch's rows, so
-storage writes overlap compute. Memory is bounded by a batch plus one chunk per (site, layer).
+The model runs batch after batch, up to the last requested layer only, while a writer thread stores the
+previous batches' rows, so storage writes overlap compute. Rows are selected and cast to the storage dtype on
+the model's device. Memory is bounded by a few batches plus one storage object (a zarr shard) per
+(site, layer), whatever the shard's token count.
 """
 from __future__ import annotations
 
 import math
 import queue
 import threading
+from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
 import zarr
 
-from storage.arrays import RowWriter, create_array
+from storage.arrays import RowWriter, create_array, encode_rows, read_block
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.model import load_model, pick_device, special_token_ids, load_tokenizer
-from tasks.sites import ActivationCapture, site_hooks, site_width
+from tasks.sites import ActivationCapture, layer_module, site_hooks, site_width
 from tasks.tokenize import TOKENS_TRAIN
 
 
@@ -35,31 +39,31 @@ def keep_mask(tokens: np.ndarray, special: set[int]) -> np.ndarray:
 
 
 class _BackgroundWriter:
-    """One thread drains a bounded queue of (writer, rows) so the next forward pass runs meanwhile; an
+    """One thread runs queued jobs in order (array setup, then each batch's writes) so the model computes the
+    next batch meanwhile; the queue is short, so at most `depth` batches of rows wait in memory. An
     exception in the thread is re-raised in the caller."""
 
-    def __init__(self, depth: int = 2):
+    def __init__(self, depth: int = 3):
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="extract-writer")
         self.thread.start()
 
     def _run(self):
         while True:
-            item = self.q.get()
-            if item is None:
+            job = self.q.get()
+            if job is None:
                 return
             if self.error is None:
                 try:
-                    for writer, rows in item:
-                        writer.append(rows)
+                    job()
                 except BaseException as e:  # surfaced to the caller in put()/close()
                     self.error = e
 
-    def put(self, item):
+    def put(self, job: Callable[[], None]):
         if self.error:
             raise self.error
-        self.q.put(item)
+        self.q.put(job)
 
     def close(self):
         self.q.put(None)
@@ -68,10 +72,54 @@ class _BackgroundWriter:
             raise self.error
 
 
-def extract_shard(cfg: StagesConfig, shard: int, layers: list[int], root: StorageRoot) -> dict:
+class _StopForward(Exception):
+    """Raised by a hook once the last requested layer has run: extraction needs no later layer and no logits
+    (Gemma 2's 256k-vocabulary unembedding is a large share of its forward pass)."""
+
+
+def forward_until(model: torch.nn.Module, input_ids: torch.Tensor, last_layer: int) -> None:
+    """The model's forward pass up to and including `last_layer`; hooks installed before this call run."""
+    def stop(module, args, output):
+        raise _StopForward
+
+    handle = layer_module(model, last_layer).register_forward_hook(stop)
+    try:
+        model.base_model(input_ids=input_ids)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+def _create_outputs(cfg: StagesConfig, root: StorageRoot, shard: int, keys: list[tuple[str, int]], widths: dict,
+                    n_rows: int, writers: dict) -> None:
+    """Clear and create every (site, layer) group of the shard (fills `writers`); runs on the writer thread so
+    the first forward pass overlaps it."""
+    dtype, chunk, per_shard = cfg.storage.activation_dtype, cfg.storage.chunk_rows, cfg.storage.shard_chunks
+    for site, layer in keys:
+        group = shard_group(site, layer, shard)
+        root.remove(group)
+        store = root.zarr_store(group)
+        zarr.open_group(store=store, mode="w", attributes={"site": site, "layer": layer, "shard": shard,
+                                                           "model": cfg.model.name_or_path})
+        d = widths[site]
+        x = create_array(store, "x", (n_rows, d), dtype, (chunk, d), shard_chunks=per_shard)
+        # 8 bytes a row: one plain chunk per x shard keeps its objects as few as x's, and not tiny
+        index = create_array(store, "index", (n_rows, 2), "int32", (chunk * per_shard, 2))
+        writers[(site, layer)] = (RowWriter(x, f"{group}/x ({site} layer {layer})"), RowWriter(index, f"{group}/index"))
+
+
+def _append_all(writers: dict, rows: dict, index_rows: np.ndarray) -> None:
+    for key, (xw, iw) in writers.items():
+        xw.append(rows[key])
+        iw.append(index_rows)
+
+
+def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], root: StorageRoot) -> dict:
+    """Activations of the shard's sequences at every (site, layer) in `keys` (one storage wave's groups)."""
     tokens_arr = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r")
     per = cfg.extract.seqs_per_shard
-    tokens = tokens_arr[shard * per:(shard + 1) * per]
+    tokens = read_block(tokens_arr, shard * per, (shard + 1) * per)
     if len(tokens) == 0:
         raise ValueError(f"extract: shard {shard} is past the end of {TOKENS_TRAIN} ({tokens_arr.shape[0]} sequences)")
     tok = load_tokenizer(cfg.model)
@@ -79,42 +127,31 @@ def extract_shard(cfg: StagesConfig, shard: int, layers: list[int], root: Storag
     n_rows = int(mask.sum())
     model = load_model(cfg.model)
     device = pick_device(cfg.model.device)
-    keys = [(site, layer) for site in cfg.sites for layer in layers]
     dtype = cfg.storage.activation_dtype
+    widths = {site: site_width(model.config, site) for site, _ in keys}
+    last_layer = max(layer for _, layer in keys)
+    labels = {(site, layer): f"{shard_group(site, layer, shard)}/x ({site} layer {layer})" for site, layer in keys}
     writers: dict[tuple[str, int], tuple[RowWriter, RowWriter]] = {}
-    outputs = []
-    for site, layer in keys:
-        group = shard_group(site, layer, shard)
-        root.remove(group)
-        store = root.zarr_store(group)
-        zarr.open_group(store=store, mode="w", attributes={"site": site, "layer": layer, "shard": shard,
-                                                           "model": cfg.model.name_or_path})
-        d = site_width(model.config, site)
-        x = create_array(store, "x", (n_rows, d), dtype, (cfg.storage.chunk_rows, d))
-        index = create_array(store, "index", (n_rows, 2), "int32", (cfg.storage.chunk_rows, 2))
-        label = f"{group}/x ({site} layer {layer})"
-        writers[(site, layer)] = (RowWriter(x, label), RowWriter(index, f"{group}/index"))
-        outputs.append(group)
-
     capture = ActivationCapture(keys)
     background = _BackgroundWriter()
+    background.put(partial(_create_outputs, cfg, root, shard, keys, widths, n_rows, writers))
     try:
         with torch.inference_mode(), site_hooks(model, capture.hooks()):
             for start in range(0, len(tokens), cfg.extract.batch_size):
                 batch = tokens[start:start + cfg.extract.batch_size]
                 bmask = mask[start:start + cfg.extract.batch_size]
-                model(torch.from_numpy(batch.astype(np.int64)).to(device))
+                forward_until(model, torch.from_numpy(batch.astype(np.int64)).to(device), last_layer)
                 seq, pos = np.nonzero(bmask)
                 index_rows = np.stack([seq + shard * per + start, pos], axis=1).astype(np.int32)
                 sel = torch.from_numpy(bmask).to(device)
-                work = []
-                for key, (xw, iw) in writers.items():
-                    work.append((xw, capture.values[key][sel].float().cpu()))
-                    work.append((iw, index_rows))
-                background.put(work)
+                # select and cast on the model's device: only the stored bytes cross to the host
+                rows = {key: encode_rows(capture.values[key][sel], dtype, labels[key]) for key in keys}
+                capture.values.clear()
+                background.put(partial(_append_all, writers, rows, index_rows))
     finally:
         background.close()
     for xw, iw in writers.values():
         xw.close()
         iw.close()
-    return {"outputs": outputs, "metrics": {"rows": n_rows, "seqs": int(len(tokens))}}
+    return {"outputs": [shard_group(site, layer, shard) for site, layer in keys],
+            "metrics": {"rows": n_rows, "seqs": int(len(tokens))}}

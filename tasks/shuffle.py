@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import zarr
 
-from storage.arrays import create_array, encode_rows, logical_dtype, read_rows
+from storage.arrays import create_array, encode_rows, logical_dtype, read_block, read_rows, write_rows_unit
 from storage.root import StorageRoot
 from tasks.config import SITES, StagesConfig
 from tasks.extract import shard_group
@@ -39,14 +39,14 @@ class _ConcatRows:
             lo, hi = max(start, self.starts[i]), min(stop, self.starts[i + 1])
             if lo < hi:
                 off = self.starts[i]
-                parts.append(read_rows(a, lo - off, hi - off) if as_torch else a[lo - off:hi - off])
+                parts.append(read_rows(a, lo - off, hi - off) if as_torch else read_block(a, lo - off, hi - off))
         if as_torch:
             return torch.cat(parts)
         return np.concatenate(parts)
 
 
 def bucket_rows(requested: int, chunk: int) -> int:
-    """Buckets cover whole output chunks so concurrent bucket writers never share a chunk."""
+    """Buckets cover whole output objects (shards, else chunks) so concurrent bucket writers never share one."""
     return max(chunk, (requested // chunk) * chunk)
 
 
@@ -61,13 +61,13 @@ def shuffle_site_layer(cfg: StagesConfig, site: str, layer: int, n_shards: int, 
     n, d = len(x_src), xs[0].shape[1]
     dtype = logical_dtype(xs[0])
     chunk = cfg.sae.batch_size
-    bucket = bucket_rows(cfg.shuffle.bucket_rows, chunk)
     out = shuffled_group(site, layer)
     root.remove(out)
     store = root.zarr_store(out)
     group = zarr.open_group(store=store, mode="w")
-    x_out = create_array(store, "x", (n, d), dtype, (chunk, d))
-    i_out = create_array(store, "index", (n, 2), "int32", (chunk, 2))
+    x_out = create_array(store, "x", (n, d), dtype, (chunk, d), shard_chunks=cfg.storage.shard_chunks)
+    i_out = create_array(store, "index", (n, 2), "int32", (chunk, 2), shard_chunks=cfg.storage.shard_chunks)
+    bucket = bucket_rows(cfg.shuffle.bucket_rows, write_rows_unit(x_out))
     n_buckets = math.ceil(n / bucket)
 
     def one_bucket(b: int):

@@ -62,6 +62,11 @@ def _module(model: torch.nn.Module, site: str, layer: int) -> tuple[torch.nn.Mod
     return model.get_submodule(template.format(L=layer)), where
 
 
+def layer_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The whole decoder layer (its output is the residual stream after it)."""
+    return _module(model, "res", layer)[0]
+
+
 @contextlib.contextmanager
 def site_hooks(model: torch.nn.Module, fns: dict[tuple[str, int], SiteFn]) -> Iterator[None]:
     """Install one hook per (site, layer) for the duration of the block."""

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -67,3 +70,45 @@ def api_post(api_url: str, path: str, body: dict) -> list[dict]:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def scopeflow(api_url: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, against the session's Prefect server."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# Credentials the S3 tests put in the standard AWS environment; tests check they are written nowhere.
+S3_KEY_ID, S3_SECRET = "AKIASCOPEFLOWTESTKEY", "scopeflow-test-secret-9f3c1d"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's server, objects in memory) with one bucket, and the AWS
+    environment variables pointing at nothing but it; both undone at the end of the session."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=url).mkdir("scopeflow-test")
+        yield url
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +9,9 @@ import pytest
 from flows.config import SuiteConfig
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.conftest import REPO, api_post, small_suite_dict, write_config
+from tests.conftest import api_post, scopeflow, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def scopeflow(api_url: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def end_times(root: StorageRoot) -> dict[str, str]:
@@ -124,22 +115,40 @@ def test_rerun_rules(first_run, prefect_server):
     assert "train" in status.stdout and "6" in status.stdout
 
 
-def test_a_failed_unit_blocks_only_its_dependents(first_run, prefect_server):
-    """A corrupted activation chunk fails its shuffle unit (checksum); siblings go on, the units reading it
-    wait, the run exits non-zero naming the unit and the command that re-runs it, nothing is marked complete."""
+def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(first_run, prefect_server):
+    """One flipped byte in an activation chunk fails the shuffle unit reading it (crc32c) with a message naming
+    the array and the chunk; siblings go on, the units behind it wait, nothing is marked complete, and the run
+    names the extract unit that wrote the chunk and the command that re-runs it, which repairs the chunk."""
     tmp, path, cfg_dict, _ = first_run
     root = StorageRoot(cfg_dict["storage"]["root"])
-    chunk = Path(cfg_dict["storage"]["root"]) / "activations/res/layer_0/shard_00000/x/c/0/0"
-    chunk.write_bytes(b"\0" * chunk.stat().st_size)
+    array = Path(cfg_dict["storage"]["root"]) / "activations/res/layer_0/shard_00000/x"
+    shard_file = array / "c/0/0"  # one zarr shard holds both 4096-row chunks of this array
+    good = shard_file.read_bytes()
+    chunk_bytes = 4096 * 64 * 2 + 4  # rows x width x bf16, then the chunk's crc32c
+    bad = bytearray(good)
+    bad[chunk_bytes + 1000] ^= 0xFF
+    shard_file.write_bytes(bytes(bad))
     t0 = end_times(root)
     proc = scopeflow(prefect_server, "rerun", str(path), "--stage", "shuffle")
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "shuffle:res/layer_0" in proc.stderr
-    assert f"scopeflow rerun {path} --stage shuffle --site res --layer 0" in proc.stderr
+    assert f"{array}: chunk 1 (rows 4096-" in proc.stderr
+    assert "written by extract:shard_00000" in proc.stderr
+    repair = f"scopeflow rerun {path} --stage extract --shard 0"
+    assert repair in proc.stderr
     ledger = Ledger(root)
     failed = ledger.get("shuffle", "res/layer_0")
-    assert failed.status == "failed" and failed.error is not None and failed.attempt >= 2  # Prefect retried it
+    assert failed.status == "failed" and failed.error.type == "CorruptChunkError" and failed.attempt >= 2
     assert changed(t0, end_times(root)) >= {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:mlp/layer_2"}
     for stage in ("train", "evaluate"):
         assert ledger.get(stage, "res/layer_0").ended_at.isoformat() == t0[f"{stage}:res/layer_0"]
     assert ledger.get("report", "suite").ended_at.isoformat() == t0["report:suite"]
+
+    t1 = end_times(root)
+    fixed = scopeflow(prefect_server, *repair.split()[1:])
+    assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
+    assert shard_file.read_bytes() == good  # re-extracted bit for bit
+    ran = changed(t1, end_times(root))
+    assert "extract:shard_00000" in ran and "extract:shard_00001" not in ran
+    assert {"shuffle:res/layer_0", "train:res/layer_0", "evaluate:res/layer_0", "report:suite"} <= ran
+    assert all(ledger.get(s, "res/layer_0").status == "complete" for s in ("shuffle", "train", "evaluate"))

@@ -8,7 +8,8 @@ import pytest
 import torch
 import zarr
 
-from storage.arrays import RowWriter, create_array, decode_rows, encode_rows, read_rows
+from storage.arrays import (CorruptChunkError, RowWriter, create_array, decode_rows, encode_rows, read_block, read_rows,
+                            write_rows_unit)
 from storage.fingerprint import fingerprint
 from storage.ledger import Ledger
 from storage.root import StorageRoot
@@ -83,3 +84,35 @@ def test_ledger_lifecycle(tmp_path):
     root.remove("saes/out.json")
     assert not ledger.is_complete("train", "res/layer_0", "fp1")  # output deleted: must re-run
     assert [r.unit for r in ledger.records("train")] == ["res/layer_0"]
+
+
+def test_sharded_array_packs_chunks_into_one_object_per_shard(tmp_path):
+    arr = create_array(zarr.storage.LocalStore(str(tmp_path / "s")), None, (100, 4), "bfloat16", (16, 4),
+                       shard_chunks=4)
+    assert arr.chunks == (16, 4) and arr.shards == (64, 4) and write_rows_unit(arr) == 64
+    w = RowWriter(arr, "s")
+    data = torch.randn(100, 4)
+    for lo in range(0, 100, 10):
+        w.append(data[lo:lo + 10])
+    w.close()
+    assert sorted(p.name for p in (tmp_path / "s/c").iterdir()) == ["0", "1"]  # 2 objects, not 7
+    assert torch.equal(read_rows(zarr.open_array(str(tmp_path / "s"), mode="r"), 0, 100), data.to(torch.bfloat16))
+    small = create_array(zarr.storage.LocalStore(str(tmp_path / "t")), None, (20, 4), "float32", (16, 4),
+                         shard_chunks=4)
+    assert small.shards == (32, 4)  # never more than the array needs
+
+
+def test_a_corrupt_chunk_is_named_by_array_and_chunk(tmp_path):
+    arr = create_array(zarr.storage.LocalStore(str(tmp_path / "a")), None, (64, 4), "float32", (8, 4),
+                       shard_chunks=4)
+    arr[:] = np.arange(256, dtype=np.float32).reshape(64, 4)
+    shard = tmp_path / "a/c/1/0"  # rows 32-63: chunks 4..7
+    raw = bytearray(shard.read_bytes())
+    raw[2 * (8 * 4 * 4 + 4) + 5] ^= 0x01  # a bit inside chunk 6's data
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunkError, match=rf"^{tmp_path}/a: chunk 6 \(rows 48-55\) is corrupt") as e:
+        read_rows(arr, 0, 64)
+    assert e.value.chunk == 6 and e.value.path == f"{tmp_path}/a"
+    assert read_block(arr, 40, 48).sum() == np.arange(160, 192).sum()  # its neighbours still read
+    with pytest.raises(CorruptChunkError, match="chunk 6"):
+        read_block(arr, 50, 51)

@@ -1,0 +1,54 @@
+"""A storage budget cuts the suite into waves: each wave's activations exist only until its SAEs are
+evaluated; a later re-run of one of its units restores exactly the inputs it needs, bit for bit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage.ledger import Ledger
+from storage.root import StorageRoot
+from tests.conftest import scopeflow, small_suite_dict, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _sae_files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "saes").rglob("*")) if p.is_file()}
+
+
+def test_waves_free_activations_and_a_rerun_restores_only_what_it_needs(tmp_path, prefect_server, embedded_assets):
+    # one (site, layer) holds 2 x 96 x 127 rows x (64 x 2 + 8) bytes = 3.3 MB extracted + shuffled
+    cfg = small_suite_dict(tmp_path, sites=["res"], layers=[0, 1])
+    cfg["storage"]["budget_bytes"] = 4_000_000
+    path = write_config(tmp_path / "suite.yaml", cfg)
+    run = Path(cfg["storage"]["root"])
+
+    plan = scopeflow(prefect_server, "plan", str(path))
+    assert plan.returncode == 0, plan.stderr
+    assert "│    1 │ res 0  │" in plan.stdout and "│    2 │ res 1  │" in plan.stdout
+
+    first = scopeflow(prefect_server, "run", str(path))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    ledger = Ledger(StorageRoot(str(run)))
+    extract = ledger.records("extract")
+    assert sorted(r.unit for r in extract) == ["wave_00/shard_00000", "wave_00/shard_00001",
+                                               "wave_01/shard_00000", "wave_01/shard_00001"]
+    assert all(r.freed_at for r in extract + ledger.records("shuffle"))
+    assert not list(run.glob("activations/*/*/*")) and not list(run.glob("shuffled/*/*"))
+    assert sorted(p.name for p in (run / "evals/res").iterdir()) == ["layer_0.parquet", "layer_1.parquet"]
+    saes = _sae_files(run)
+
+    again = scopeflow(prefect_server, "run", str(path))
+    assert again.returncode == 0 and "nothing to do" in again.stdout  # freed is not missing
+
+    t0 = {f"{s}:{r.unit}": r.ended_at for s in ("extract", "shuffle", "train", "evaluate") for r in ledger.records(s)}
+    rerun = scopeflow(prefect_server, "rerun", str(path), "--stage", "train", "--site", "res", "--layer", "0")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = {f"{s}:{r.unit}": r.ended_at for s in ("extract", "shuffle", "train", "evaluate") for r in ledger.records(s)}
+    ran = {k for k in after if after[k] != t0[k]}
+    # wave 0's shards come back (its layer 0 is needed), wave 1's do not
+    assert ran == {"extract:wave_00/shard_00000", "extract:wave_00/shard_00001", "shuffle:res/layer_0",
+                   "train:res/layer_0", "evaluate:res/layer_0"}
+    assert _sae_files(run) == saes  # the restored inputs are the same bytes: the same SAEs
+    assert not list(run.glob("activations/*/*/*"))  # and freed again
