@@ -7,14 +7,22 @@ shard's batches (no hooks, nothing stored), then times `extract_shard` on the sa
 and layer captured, encoded and written to zarr on local disk by the background writer), and reports its
 peak RSS. Ratio = extraction tokens/s / bare-forward tokens/s; the goal is >= 0.85.
 
-    .venv/bin/python benchmarks/extract.py                       # tiny model, CPU
-    .venv/bin/python benchmarks/extract.py --dtypes bfloat16 --sizes 256 1024 --repeats 3
+The default is one torch thread: the extract stage runs as a Ray task with `orchestration.cpus_per_unit.extract`
+CPUs (1), and Ray sets OMP_NUM_THREADS to that, so torch computes on one core while the writer thread uses
+another. `--threads 2` shows the same on a 2-core machine with torch on both cores (the writer then competes
+with the forward pass for CPU).
+
+    .venv/bin/python benchmarks/extract.py                       # tiny model, CPU: 3 dtypes x 2 shard sizes
+    .venv/bin/python benchmarks/extract.py --dtypes bfloat16 --threads 2
+    python benchmarks/extract.py --device cuda --random-model google/gemma-2-2b --dtypes bfloat16 \
+        --ctx 1024 --sizes 64 256 --batch 8 --out benchmarks/results/extract-cuda.json    # on a GPU machine
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +30,25 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _random_model(name: str, dtype: str, folder: Path) -> str:
+    """A randomly initialised model of a known architecture (tasks/capacity.KNOWN_CONFIGS) with the embedded
+    tokenizer, saved to `folder`: throughput needs the shapes, not the weights (none are downloadable here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config
+
+    from tasks.capacity import KNOWN_CONFIGS
+    from tasks.model import resolve_model_path
+
+    fields = {k: v for k, v in KNOWN_CONFIGS[name].items() if k != "model_type"}
+    config = Gemma2Config(**fields, query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                          attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model_path("embedded:tiny-gemma2")).save_pretrained(folder)
+    return str(folder)
 
 
 def _child(args: argparse.Namespace) -> dict:
@@ -46,7 +73,14 @@ def _child(args: argparse.Namespace) -> dict:
         if args.shard_chunks:
             raw["storage"].update(shard_chunks=args.shard_chunks)
         raw["corpus"].update(max_train_seqs=args.size)
+        if args.ctx:
+            raw["corpus"].update(ctx=args.ctx)
         raw["extract"].update(seqs_per_shard=args.size, batch_size=args.batch)
+        if args.random_model:
+            raw["model"] = {"name_or_path": _random_model(args.random_model, args.model_dtype, Path(tmp) / "model"),
+                            "dtype": args.model_dtype, "device": args.device}
+        elif args.device != "auto":
+            raw["model"]["device"] = args.device
         cfg = SuiteConfig.model_validate(raw)
         root = StorageRoot(tmp)
         tokenize_corpus(cfg, root)
@@ -58,23 +92,34 @@ def _child(args: argparse.Namespace) -> dict:
                    for s in range(0, len(tokens), args.batch)]
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         last = max(layers)
-        with torch.inference_mode():
-            model(batches[0])  # warm-up
-            bare, full = [], []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
+        keys = [(s, layer) for s in cfg.sites for layer in layers]
+
+        def timed(fn) -> float:
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        def bare_pass():
+            with torch.inference_mode():
                 for b in batches:
                     forward_until(model, b, last)
-                bare.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
+
+        def full_pass():
+            with torch.inference_mode():
                 for b in batches:
                     model(b)
-                full.append(time.perf_counter() - t0)
-        extract = []
+
+        bare_pass()  # warm-up
+        # rounds interleave the three measurements, so drifting machine load hits them alike; the ratio is
+        # taken within each round and the median reported
+        bare, extract, full, ratios, result = [], [], [], [], {}
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            result = extract_shard(cfg, 0, [(s, layer) for s in cfg.sites for layer in layers], root)
-            extract.append(time.perf_counter() - t0)
+            bare.append(timed(bare_pass))
+            extract.append(timed(lambda: result.update(extract_shard(cfg, 0, keys, root))))
+            full.append(timed(full_pass))
+            ratios.append(bare[-1] / extract[-1])
         n_tokens = int(tokens.size)
         written = sum(p.stat().st_size for p in Path(tmp, "activations").rglob("*") if p.is_file())
         from tasks.capacity import ModelShape
@@ -87,7 +132,8 @@ def _child(args: argparse.Namespace) -> dict:
                 "bare_s": min(bare), "extract_s": min(extract), "full_forward_s": min(full),
                 "full_forward_tokens_per_s": n_tokens / min(full),
                 "bare_tokens_per_s": n_tokens / min(bare), "extract_tokens_per_s": n_tokens / min(extract),
-                "ratio": min(bare) / min(extract), "bytes_written": written,
+                "ratio": statistics.median(ratios), "ratio_of_best": min(bare) / min(extract),
+                "ratios": ratios, "bytes_written": written,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "rss_after_tokenize_and_model_mb": rss_before / 1024,
                 "threads": torch.get_num_threads()}
@@ -97,11 +143,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/tiny.yaml")
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32", "float16"])
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="sequences per shard")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 4096], help="sequences per shard")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1, as in a Ray task with num_cpus=1; 0: torch's default)")
     p.add_argument("--chunk-rows", type=int, default=0, help="override storage.chunk_rows (default: the config's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda (default: cuda when there is one)")
+    p.add_argument("--random-model", default="", help="e.g. google/gemma-2-2b: a randomly initialised model of "
+                                                      "that architecture instead of the config's model")
+    p.add_argument("--ctx", type=int, default=0, help="tokens per sequence (default: the config's)")
+    p.add_argument("--model-dtype", default="bfloat16", help="with --random-model: its dtype")
     p.add_argument("--shard-chunks", type=int, default=0,
                    help="override storage.shard_chunks (default: the config's)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/extract-cpu.json"))
@@ -118,12 +170,15 @@ def main() -> None:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--child", "--config", args.config, "--dtype", dtype, "--size", str(size),
                    "--batch", str(args.batch), "--repeats", str(args.repeats), "--threads", str(args.threads),
-                   "--chunk-rows", str(args.chunk_rows), "--shard-chunks", str(args.shard_chunks)]
+                   "--chunk-rows", str(args.chunk_rows), "--shard-chunks", str(args.shard_chunks),
+                   "--device", args.device, "--random-model", args.random_model, "--model-dtype", args.model_dtype,
+                   "--ctx", str(args.ctx)]
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "
-                  f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | extract {r['extract_tokens_per_s']:9,.0f} tok/s | "
+                  f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | "
+                  f"extract {r['extract_tokens_per_s']:9,.0f} tok/s | "
                   f"ratio {r['ratio']:.3f} | {r['bytes_written'] / 1e6:6.1f} MB written | "
                   f"peak RSS {r['peak_rss_mb']:6.0f} MB (after model load {r['rss_after_tokenize_and_model_mb']:.0f})",
                   flush=True)

@@ -196,22 +196,6 @@ def _shuffle(args: argparse.Namespace) -> dict:
                   "out_chunk_rows": x.chunks[0], "out_shard_rows": (x.shards or x.chunks)[0]}
 
 
-def _sliced_stats(raw, dtype: str, step: int = 1024):
-    """tasks/shuffle.py's sums (per-column sum, sum of squares) in float64 from the stored rows, a slice of rows
-    at a time: no bucket-sized float64 temporaries and no torch thread pool."""
-    import numpy as np
-
-    total, sq = np.zeros(raw.shape[1]), 0.0
-    for lo in range(0, len(raw), step):
-        part = raw[lo:lo + step]
-        if dtype == "bfloat16":  # bfloat16 bits are the high half of a float32's
-            part = (part.astype(np.uint32) << 16).view(np.float32)
-        f = part.astype(np.float64)
-        total += f.sum(0)
-        sq += float(np.dot(f.ravel(), f.ravel()))
-    return total, sq
-
-
 class _Phases:
     """Wall, user and system seconds and minor page faults, summed per named step."""
 
@@ -230,19 +214,16 @@ class _Phases:
 
 
 def _phases(args: argparse.Namespace) -> dict:
-    """A replica of tasks/shuffle.py's one_bucket, run one bucket at a time with a timer around each step, to
-    show where the shuffle spends its time (tasks/shuffle.py itself is untouched). Steps marked "alt" are
-    candidate replacements, timed on the same bucket and not counted in the stage's total: the permutation
-    done in numpy on the stored rows, the statistics in numpy float64 over 1,024-row slices, and the
-    write with zarr's write_empty_chunks=True (no per-chunk "is it all fill value?" scan)."""
+    """A replica of tasks/shuffle.py's one_bucket (its own row reader and statistics), run one bucket at a time
+    with a timer around each step, to show where the shuffle spends its time."""
     import numpy as np
     import zarr
 
-    from storage.arrays import create_array, encode_rows, logical_dtype, write_rows_unit
+    from storage.arrays import create_array, logical_dtype, write_rows_unit
     from storage.root import StorageRoot
     from tasks.config import SITES
     from tasks.extract import shard_group
-    from tasks.shuffle import _ConcatRows, bucket_rows
+    from tasks.shuffle import _ConcatRows, bucket_rows, stored_row_sums
 
     cfg, root = _config(args, args.root, args.bucket), StorageRoot(args.root)
     groups = [zarr.open_group(store=root.zarr_store(shard_group(SITE, LAYER, s), read_only=True), mode="r")
@@ -250,10 +231,9 @@ def _phases(args: argparse.Namespace) -> dict:
     x_src, i_src = _ConcatRows([g["x"] for g in groups]), _ConcatRows([g["index"] for g in groups])
     n, d, dtype = len(x_src), groups[0]["x"].shape[1], logical_dtype(groups[0]["x"])
     chunk, per_shard = cfg.sae.batch_size, cfg.storage.shard_chunks
-    x_out, i_out, x_alt = (create_array(root.zarr_store(f"phases/{name}"), name, (n, width), kind, (chunk, width),
-                                        shard_chunks=per_shard)
-                           for name, width, kind in [("x", d, dtype), ("index", 2, "int32"), ("x_alt", d, dtype)])
-    x_alt = x_alt.with_config({"write_empty_chunks": True})
+    x_out, i_out = (create_array(root.zarr_store(f"phases/{name}"), name, (n, width), kind, (chunk, width),
+                                 shard_chunks=per_shard)
+                    for name, width, kind in [("x", d, dtype), ("index", 2, "int32")])
     bucket = bucket_rows(cfg.shuffle.bucket_rows, write_rows_unit(x_out))
     step = _Phases()
     t0 = time.perf_counter()
@@ -261,27 +241,17 @@ def _phases(args: argparse.Namespace) -> dict:
         lo, hi = b * bucket, min(n, (b + 1) * bucket)
         perm = np.random.default_rng([cfg.seed, SITES.index(SITE), LAYER, b]).permutation(hi - lo)
         with step("read_x"):
-            x = x_src.read(lo, hi, as_torch=True)
+            raw = x_src.read(lo, hi)
         with step("permute_x"):
-            x = x[perm]
-        with step("encode_x"):
-            raw = encode_rows(x, dtype, "phases/x")
+            raw = raw[perm]
         with step("write_x"):
             x_out[lo:hi] = raw
         with step("index"):
-            i_out[lo:hi] = i_src.read(lo, hi, as_torch=False)[perm]
-        with step("stats_float64"):
-            xf = x.double()
-            _ = xf.sum(0).numpy(), float((xf * xf).sum())
-            del xf
-        with step("alt_permute_numpy"):
-            raw = raw[perm]
-        with step("alt_stats_sliced_numpy"):
-            _sliced_stats(raw, dtype)
-        with step("alt_write_x_write_empty_chunks"):
-            x_alt[lo:hi] = raw
-    total = time.perf_counter() - t0 - sum(v["s"] for k, v in step.steps.items() if k.startswith("alt_"))
-    return {"steps": step.steps, "stage_s": total, "bucket_rows": bucket, "peak_rss_mb": _peak_rss_mb()}
+            i_out[lo:hi] = i_src.read(lo, hi)[perm]
+        with step("stats_sliced_float64"):
+            stored_row_sums(raw, dtype)
+    return {"steps": step.steps, "stage_s": time.perf_counter() - t0, "bucket_rows": bucket,
+            "peak_rss_mb": _peak_rss_mb()}
 
 
 CHILDREN = {"build": _build, "zarr_copy": _zarr_copy, "file_copy": _file_copy, "shuffle": _shuffle,

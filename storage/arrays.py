@@ -37,8 +37,11 @@ def create_array(store, name: str, shape: tuple[int, ...], dtype: str, chunks: t
     if shard_chunks > 1 and shape[0] > chunks[0]:
         rows = min(chunks[0] * shard_chunks, -(-shape[0] // chunks[0]) * chunks[0])
         shards = (rows, *chunks[1:])
+    # write_empty_chunks: every chunk is written, so zarr skips its per-chunk "all fill value?" scan (slow for
+    # uint16) and an all-zero chunk is an object like any other, not a missing one
     return zarr.create_array(store=store, name=name, shape=shape, dtype=stored, chunks=chunks, shards=shards,
-                             compressors=compressors, attributes=attrs, overwrite=True, fill_value=0)
+                             compressors=compressors, attributes=attrs, overwrite=True, fill_value=0,
+                             config={"write_empty_chunks": True})
 
 
 def write_rows_unit(array: zarr.Array) -> int:

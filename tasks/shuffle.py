@@ -2,7 +2,7 @@
 
 Tokenize already shuffled sequence order, so a bucket of consecutive rows is a random sample of sequences;
 permuting rows inside a bucket mixes tokens across many sequences per training batch. One read and one write
-of the data, buckets in parallel, memory bounded by a bucket.
+of the data, buckets in parallel, memory bounded by a few copies of a bucket per worker.
 """
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 import zarr
 
-from storage.arrays import create_array, encode_rows, logical_dtype, read_block, read_rows, write_rows_unit
+from storage.arrays import create_array, decode_rows, logical_dtype, read_block, write_rows_unit
 from storage.root import StorageRoot
 from tasks.config import SITES, StagesConfig
 from tasks.extract import shard_group
@@ -33,16 +32,26 @@ class _ConcatRows:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def read(self, start: int, stop: int, as_torch: bool):
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows as stored (bf16 as uint16 bits)."""
         parts = []
         for i, a in enumerate(self.arrays):
             lo, hi = max(start, self.starts[i]), min(stop, self.starts[i + 1])
             if lo < hi:
                 off = self.starts[i]
-                parts.append(read_rows(a, lo - off, hi - off) if as_torch else read_block(a, lo - off, hi - off))
-        if as_torch:
-            return torch.cat(parts)
-        return np.concatenate(parts)
+                parts.append(read_block(a, lo - off, hi - off))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def stored_row_sums(raw: np.ndarray, dtype: str, step: int = 1024) -> tuple[np.ndarray, float]:
+    """Per-column sum and the sum of squared norms of stored rows, in float64, a slice of rows at a time so no
+    temporary is bucket-sized (float64 copies of a whole bucket were most of the shuffle's memory)."""
+    total, sq = np.zeros(raw.shape[1]), 0.0
+    for lo in range(0, len(raw), step):
+        f = decode_rows(raw[lo:lo + step], dtype).double().numpy()
+        total += f.sum(0)
+        sq += float(np.dot(f.ravel(), f.ravel()))
+    return total, sq
 
 
 def bucket_rows(requested: int, chunk: int) -> int:
@@ -74,11 +83,12 @@ def shuffle_site_layer(cfg: StagesConfig, site: str, layer: int, n_shards: int, 
         lo, hi = b * bucket, min(n, (b + 1) * bucket)
         rng = np.random.default_rng([cfg.seed, SITES.index(site), layer, b])
         perm = rng.permutation(hi - lo)
-        x = x_src.read(lo, hi, as_torch=True)[perm]
-        x_out[lo:hi] = encode_rows(x, dtype, f"{out}/x")
-        i_out[lo:hi] = i_src.read(lo, hi, as_torch=False)[perm]
-        xf = x.double()
-        return xf.sum(0).numpy(), float((xf * xf).sum())
+        # rows stay in their stored dtype (bf16 as uint16 bits): a permutation needs no decoding, and the
+        # copies it makes are one bucket each
+        x = x_src.read(lo, hi)[perm]
+        x_out[lo:hi] = x
+        i_out[lo:hi] = i_src.read(lo, hi)[perm]
+        return stored_row_sums(x, dtype)
 
     with ThreadPoolExecutor(max_workers=cfg.shuffle.workers) as pool:
         results = list(pool.map(one_bucket, range(n_buckets)))  # summed in bucket order: deterministic
