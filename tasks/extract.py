@@ -29,6 +29,11 @@ def shard_group(site: str, layer: int, shard: int) -> str:
     return f"activations/{site}/layer_{layer}/shard_{shard:05d}"
 
 
+def x_label(site: str, layer: int, shard: int) -> str:
+    """How errors name an activation array: its path, then the site and layer in words."""
+    return f"{shard_group(site, layer, shard)}/x ({site} layer {layer})"
+
+
 def n_shards(n_train_seqs: int, seqs_per_shard: int) -> int:
     return math.ceil(n_train_seqs / seqs_per_shard)
 
@@ -106,7 +111,7 @@ def _create_outputs(cfg: StagesConfig, root: StorageRoot, shard: int, keys: list
         x = create_array(store, "x", (n_rows, d), dtype, (chunk, d), shard_chunks=per_shard)
         # 8 bytes a row: one plain chunk per x shard keeps its objects as few as x's, and not tiny
         index = create_array(store, "index", (n_rows, 2), "int32", (chunk * per_shard, 2))
-        writers[(site, layer)] = (RowWriter(x, f"{group}/x ({site} layer {layer})"), RowWriter(index, f"{group}/index"))
+        writers[(site, layer)] = (RowWriter(x, x_label(site, layer, shard)), RowWriter(index, f"{group}/index"))
 
 
 def _append_all(writers: dict, rows: dict, index_rows: np.ndarray) -> None:
@@ -130,7 +135,7 @@ def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], ro
     dtype = cfg.storage.activation_dtype
     widths = {site: site_width(model.config, site) for site, _ in keys}
     last_layer = max(layer for _, layer in keys)
-    labels = {(site, layer): f"{shard_group(site, layer, shard)}/x ({site} layer {layer})" for site, layer in keys}
+    labels = {(site, layer): x_label(site, layer, shard) for site, layer in keys}
     writers: dict[tuple[str, int], tuple[RowWriter, RowWriter]] = {}
     capture = ActivationCapture(keys)
     background = _BackgroundWriter()

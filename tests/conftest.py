@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from storage.ledger import Ledger
+from storage.root import StorageRoot
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -112,3 +115,13 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def end_times(root: StorageRoot) -> dict[str, str]:
+    ledger = Ledger(root)
+    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in ("tokenize", "extract", "shuffle", "train", "evaluate",
+                                                              "report") for r in ledger.records(s)}
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {k for k in after if before.get(k) != after[k]}

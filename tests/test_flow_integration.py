@@ -9,19 +9,9 @@ import pytest
 from flows.config import SuiteConfig
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.conftest import api_post, scopeflow, small_suite_dict, write_config
+from tests.conftest import api_post, changed, end_times, scopeflow, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def end_times(root: StorageRoot) -> dict[str, str]:
-    ledger = Ledger(root)
-    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in ("tokenize", "extract", "shuffle", "train", "evaluate",
-                                                              "report") for r in ledger.records(s)}
-
-
-def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
-    return {k for k in after if before.get(k) != after[k]}
 
 
 @pytest.fixture(scope="module")
