@@ -69,16 +69,19 @@ class Ledger:
         self.root.write_json(self.record_path(record.stage, record.unit), record.model_dump(mode="json"))
         return record
 
+    def _complete(self, stage: str, unit: str, fingerprint: str) -> UnitRecord | None:
+        """The record, if it says complete with this fingerprint."""
+        rec = self.get(stage, unit)
+        return rec if rec is not None and rec.status == "complete" and rec.fingerprint == fingerprint else None
+
     def is_complete(self, stage: str, unit: str, fingerprint: str) -> bool:
         """Complete with this fingerprint and every recorded output still present (or deliberately freed)."""
-        rec = self.get(stage, unit)
-        return (rec is not None and rec.status == "complete" and rec.fingerprint == fingerprint
-                and (rec.freed_at is not None or all(self.root.exists(p) for p in rec.outputs)))
+        rec = self._complete(stage, unit, fingerprint)
+        return rec is not None and (rec.freed_at is not None or all(self.root.exists(p) for p in rec.outputs))
 
     def is_freed(self, stage: str, unit: str, fingerprint: str) -> bool:
-        rec = self.get(stage, unit)
-        return (rec is not None and rec.status == "complete" and rec.fingerprint == fingerprint
-                and rec.freed_at is not None)
+        rec = self._complete(stage, unit, fingerprint)
+        return rec is not None and rec.freed_at is not None
 
     def free(self, stage: str, unit: str) -> None:
         """Delete a complete unit's outputs and record that, so its dependents stay complete."""

@@ -179,7 +179,7 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     shard_rows = per * (ctx - 1)
     groups = [(site, layer) for site in cfg.sites for layer in layers]
     bytes_of = {g: group_bytes(cfg, shape, g[0], rows) for g in groups}
-    waves = plan_waves(cfg, groups, bytes_of)
+    waves = suite_waves(cfg, layers, n_train_seqs, shape)  # exactly the waves the suite flow will run
     dbytes = _DTYPE_BYTES[cfg.storage.activation_dtype]
     act_bytes = sum(rows * (shape.site_width(s) * dbytes + 8) for s, _ in groups)
     sc = cfg.storage.shard_chunks
@@ -189,11 +189,11 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     points = sum(len(cfg.sae.sparsities(a)) for a in cfg.sae.architectures)
     n_saes = len(cfg.sae.widths) * points
     train_tokens = rows * cfg.sae.epochs
-    train_flops = sum(TRAIN_FLOPS_PER_TOKEN_PER_LATENT * shape.site_width(s) * w * points * train_tokens
-                      for s, _ in groups for w in cfg.sae.widths)
-    train_hours = None if rates is None else sum(
-        TRAIN_FLOPS_PER_TOKEN_PER_LATENT * shape.site_width(s) * w * points * train_tokens / rates.train_rate(w)
-        for s, _ in groups for w in cfg.sae.widths) / 3600
+    # per (group, width): the sweep's SAEs of that width, trained together on the group's stream
+    train_by = [(w, TRAIN_FLOPS_PER_TOKEN_PER_LATENT * shape.site_width(s) * w * points * train_tokens)
+                for s, _ in groups for w in cfg.sae.widths]
+    train_flops = sum(f for _, f in train_by)
+    train_hours = None if rates is None else sum(f / rates.train_rate(w) for w, f in train_by) / 3600
     extract_flops = sum(n_train_seqs * ctx * shape.forward_flops_per_token(ctx, max(layer for _, layer in wave),
                                                                              logits=False) for wave in waves)
     # evaluate: per (site, layer), the clean pass plus one spliced pass per SAE, each to the logits
@@ -226,12 +226,15 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
                 peak_storage=max(w["bytes"] for w in wave_rows))
 
 
-def suite_waves(cfg: StagesConfig, layers: list[int], n_train_seqs: int) -> list[list[tuple[str, int]]]:
-    """The suite's (site, layer) groups cut into waves that fit storage.budget_bytes (one without a budget)."""
+def suite_waves(cfg: StagesConfig, layers: list[int], n_train_seqs: int,
+                shape: ModelShape | None = None) -> list[list[tuple[str, int]]]:
+    """The suite's (site, layer) groups cut into waves that fit storage.budget_bytes (one without a budget, in
+    the order its extract units list them)."""
     groups = [(site, layer) for site in cfg.sites for layer in layers]
     if cfg.storage.budget_bytes is None:
         return [groups]
-    shape, _ = load_shape(cfg.model)
+    if shape is None:
+        shape, _ = load_shape(cfg.model)
     rows = rows_per_site_layer(cfg, n_train_seqs)
     return plan_waves(cfg, groups, {g: group_bytes(cfg, shape, g[0], rows) for g in groups})
 
