@@ -2,10 +2,10 @@
 shard sizes (issue 4's overlap and bounded-memory figures).
 
 For each activation dtype, one child process per shard size: it tokenizes the embedded corpus into a
-temporary run root (the real tokenize stage), warms the model, times the bare forward pass over the
-shard's batches (no hooks, nothing stored), then times `extract_shard` on the same batches (every site
-and layer captured, encoded and written to zarr on local disk by the background writer), and reports its
-peak RSS. Ratio = extraction tokens/s / bare-forward tokens/s; the goal is >= 0.85.
+temporary run root (the real tokenize stage), warms the model, times `extract_shard` (every site and layer
+captured, encoded and written to zarr on local disk by the background writer) between bare forward passes
+over the same batches (no hooks, nothing stored), and reports its peak RSS. Ratio = extraction tokens/s /
+bare-forward tokens/s, against the mean of the bare passes just before and after; the goal is >= 0.85.
 
 The default is one torch thread: the extract stage runs as a Ray task with `orchestration.cpus_per_unit.extract`
 CPUs (1), and Ray sets OMP_NUM_THREADS to that, so torch computes on one core while the writer thread uses
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -66,7 +67,7 @@ def _child(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     raw = yaml.safe_load((REPO / args.config).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.root or None) as tmp:
         raw["storage"].update(root=tmp, activation_dtype=args.dtype)
         if args.chunk_rows:
             raw["storage"].update(chunk_rows=args.chunk_rows)
@@ -94,12 +95,23 @@ def _child(args: argparse.Namespace) -> dict:
         last = max(layers)
         keys = [(s, layer) for s in cfg.sites for layer in layers]
 
-        def timed(fn) -> float:
-            t0 = time.perf_counter()
+        cpu: dict[str, list[float]] = {"bare_main": [], "extract_main": [], "extract_other_threads": [],
+                                        "extract_kernel": []}
+
+        def timed(fn, name: str = "") -> float:
+            """Wall seconds. Also CPU seconds, which locate what the writes cost: this (the forward) thread's, the
+            process's other threads' (the writer, zarr's I/O threads), and the process's time in the kernel."""
+            t0, c0, p0 = time.perf_counter(), time.thread_time(), os.times()
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            return time.perf_counter() - t0
+            wall, main, p1 = time.perf_counter() - t0, time.thread_time() - c0, os.times()
+            if name:
+                cpu[f"{name}_main"].append(main)
+            if name == "extract":
+                cpu["extract_other_threads"].append(p1.user - p0.user + p1.system - p0.system - main)
+                cpu["extract_kernel"].append(p1.system - p0.system)
+            return wall
 
         def bare_pass():
             with torch.inference_mode():
@@ -111,16 +123,23 @@ def _child(args: argparse.Namespace) -> dict:
                 for b in batches:
                     model(b)
 
+        result: dict = {}
+
+        def extract_pass() -> None:
+            result.update(extract_shard(cfg, 0, keys, root))
+
         bare_pass()  # warm-up of both paths, so the first round is not special
-        extract_shard(cfg, 0, keys, root)
-        # rounds interleave the three measurements, so drifting machine load hits them alike; the ratio is
-        # taken within each round and the median reported
-        bare, extract, full, ratios, result = [], [], [], [], {}
+        extract_pass()
+        full_pass()
+        # each extraction is bracketed by a bare pass before and after it (bare, extract, bare, extract, ...,
+        # bare) and its ratio taken against their mean, so load drifting on a shared machine hits both sides
+        # alike; the median over the rounds is reported
+        bare, extract, ratios = [timed(bare_pass, "bare")], [], []
         for _ in range(args.repeats):
-            bare.append(timed(bare_pass))
-            extract.append(timed(lambda: result.update(extract_shard(cfg, 0, keys, root))))
-            full.append(timed(full_pass))
-            ratios.append(bare[-1] / extract[-1])
+            extract.append(timed(extract_pass, "extract"))
+            bare.append(timed(bare_pass, "bare"))
+            ratios.append((bare[-2] + bare[-1]) / 2 / extract[-1])
+        full = [timed(full_pass) for _ in range(2)]
         n_tokens = int(tokens.size)
         written = sum(p.stat().st_size for p in Path(tmp, "activations").rglob("*") if p.is_file())
         from tasks.capacity import ModelShape
@@ -130,11 +149,13 @@ def _child(args: argparse.Namespace) -> dict:
         return {"model": cfg.model.name_or_path, "device": str(device), "forward_flops_per_token": fpt,
                 "dtype": args.dtype, "seqs": int(len(tokens)), "tokens": n_tokens, "rows": result["metrics"]["rows"],
                 "site_layers": len(cfg.sites) * len(layers), "batch": args.batch,
+                "root": args.root or tempfile.gettempdir(),
                 "bare_s": min(bare), "extract_s": min(extract), "full_forward_s": min(full),
                 "full_forward_tokens_per_s": n_tokens / min(full),
                 "bare_tokens_per_s": n_tokens / min(bare), "extract_tokens_per_s": n_tokens / min(extract),
                 "ratio": statistics.median(ratios), "ratio_of_best": min(bare) / min(extract),
                 "ratios": ratios, "bytes_written": written,
+                "cpu_s_median": {k: statistics.median(v) for k, v in cpu.items()},
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "rss_after_tokenize_and_model_mb": rss_before / 1024,
                 "threads": torch.get_num_threads()}
@@ -146,7 +167,7 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32", "float16"])
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 4096], help="sequences per shard")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1, as in a Ray task with num_cpus=1; 0: torch's default)")
     p.add_argument("--chunk-rows", type=int, default=0, help="override storage.chunk_rows (default: the config's)")
@@ -157,6 +178,8 @@ def main() -> None:
     p.add_argument("--model-dtype", default="bfloat16", help="with --random-model: its dtype")
     p.add_argument("--shard-chunks", type=int, default=0,
                    help="override storage.shard_chunks (default: the config's)")
+    p.add_argument("--root", default="", help="where the run root is made (default: the system's temporary folder; "
+                                             "/dev/shm: memory, to time the pipeline without the disk)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/extract-cpu.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -173,16 +196,18 @@ def main() -> None:
                    "--batch", str(args.batch), "--repeats", str(args.repeats), "--threads", str(args.threads),
                    "--chunk-rows", str(args.chunk_rows), "--shard-chunks", str(args.shard_chunks),
                    "--device", args.device, "--random-model", args.random_model, "--model-dtype", args.model_dtype,
-                   "--ctx", str(args.ctx)]
+                   "--ctx", str(args.ctx), "--root", args.root]
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "
-                  f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | "
-                  f"extract {r['extract_tokens_per_s']:9,.0f} tok/s | "
-                  f"ratio {r['ratio']:.3f} | {r['bytes_written'] / 1e6:6.1f} MB written | "
-                  f"peak RSS {r['peak_rss_mb']:6.0f} MB (after model load {r['rss_after_tokenize_and_model_mb']:.0f})",
-                  flush=True)
+            for r in rows[-1:]:
+                print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "
+                      f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | "
+                      f"extract {r['extract_tokens_per_s']:9,.0f} tok/s | ratio {r['ratio']:.3f} | "
+                      f"{r['bytes_written'] / 1e6:6.1f} MB written | peak RSS {r['peak_rss_mb']:6.0f} MB "
+                      f"(after model load {r['rss_after_tokenize_and_model_mb']:.0f})", flush=True)
+                c = r["cpu_s_median"]
+                print(f"{'':9s} CPU s: forward thread bare {c['bare_main']:.2f}, extraction {c['extract_main']:.2f}; "
+                      f"other threads {c['extract_other_threads']:.2f}; kernel {c['extract_kernel']:.2f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}")

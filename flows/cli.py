@@ -102,7 +102,8 @@ def cmd_rerun(args) -> int:
 
     if args.stage not in STAGES:
         return _fail(f"--stage: unknown stage {args.stage!r} (one of {', '.join(STAGES)})")
-    return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer, "shard": args.shard}])
+    return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer, "wave": args.wave,
+                                      "shard": args.shard}])
 
 
 def cmd_status(args) -> int:
@@ -282,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--stage", required=True)
     rr.add_argument("--site")
     rr.add_argument("--layer", type=int)
-    rr.add_argument("--shard", type=int, help="one extract shard (the unit named in a corrupt-chunk error)")
+    rr.add_argument("--wave", type=int, help="one storage wave's units (`scopeflow plan` lists the waves)")
+    rr.add_argument("--shard", type=int, help="one extract shard (the unit named in a corrupt-chunk error; with "
+                                              "storage waves, add its --wave)")
     rr.set_defaults(fn=cmd_rerun)
     pl = sub.add_parser("plan", help="units, bytes, objects, FLOPs and device-hours per stage, and storage waves")
     pl.add_argument("config", nargs="?", default=DEFAULT_CONFIG)

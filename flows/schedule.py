@@ -20,15 +20,18 @@ class RunState:
 
 @dataclass
 class Selector:
-    """`scopeflow rerun --stage S [--site X] [--layer L] [--shard N]`: units to run whatever the ledger says."""
+    """`scopeflow rerun --stage S [--site X] [--layer L] [--wave W] [--shard N]`: units to run whatever the
+    ledger says."""
     stage: str
     site: str | None = None
     layer: int | None = None
+    wave: int | None = None
     shard: int | None = None
 
     def matches(self, spec: UnitSpec) -> bool:
         return (spec.stage == self.stage and (self.site is None or spec.site in (None, self.site))
                 and (self.layer is None or spec.layer in (None, self.layer))
+                and (self.wave is None or spec.wave == self.wave)
                 and (self.shard is None or spec.shard in (None, self.shard)))
 
 

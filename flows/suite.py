@@ -24,8 +24,12 @@ def rerun_command(config_path: str, key: str) -> str:
     if "/layer_" in unit:
         site, layer = unit.split("/layer_")
         cmd += f" --site {site} --layer {layer}"
-    elif unit.startswith("shard_"):
-        cmd += f" --shard {int(unit.removeprefix('shard_'))}"
+    else:
+        wave, _, shard = unit.rpartition("/")
+        if wave.startswith("wave_"):
+            cmd += f" --wave {int(wave.removeprefix('wave_'))}"
+        if shard.startswith("shard_"):
+            cmd += f" --shard {int(shard.removeprefix('shard_'))}"
     return cmd
 
 
@@ -61,7 +65,7 @@ def _freed_inputs(specs: list[UnitSpec], by_key: dict[str, UnitSpec], ledger: Le
 
 @flow(name="scopeflow-suite", flow_run_name="suite:{config_path}", validate_parameters=True, persist_result=False)
 def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = None) -> dict:
-    """`rerun` holds selectors {stage, site?, layer?, shard?}: those units run whatever the ledger says, and so
+    """`rerun` holds selectors {stage, site?, layer?, wave?, shard?}: those units run whatever the ledger says, and so
     do the units that depend on them. With storage.budget_bytes the groups run wave by wave (extract,
     shuffle, train, evaluate), and each wave's activations are freed once its SAEs are evaluated."""
     logger = get_run_logger()
@@ -163,9 +167,9 @@ def _publish_metrics(root, keys: list[tuple[str, int]]) -> None:
 
 @flow(name="scopeflow-rerun", flow_run_name="rerun:{stage}:{site}:{layer}", persist_result=False)
 def rerun_flow(config_path: str = DEFAULT_CONFIG, stage: str = "train", site: str | None = None,
-               layer: int | None = None, shard: int | None = None) -> dict:
-    """Force one stage's units (optionally one site and/or layer, or one extract shard) and everything
-    downstream of them."""
+               layer: int | None = None, shard: int | None = None, wave: int | None = None) -> dict:
+    """Force one stage's units (optionally one site and/or layer, or one storage wave's, or one extract shard)
+    and everything downstream of them."""
     if stage not in STAGES:
         raise ValueError(f"--stage: unknown stage {stage!r} (one of {', '.join(STAGES)})")
-    return suite_flow(config_path, rerun=[{"stage": stage, "site": site, "layer": layer, "shard": shard}])
+    return suite_flow(config_path, rerun=[{"stage": stage, "site": site, "layer": layer, "wave": wave, "shard": shard}])

@@ -75,9 +75,9 @@ def api_post(api_url: str, path: str, body: dict) -> list[dict]:
         return json.loads(r.read())
 
 
-def scopeflow(api_url: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it, against the session's Prefect server."""
-    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160"}
+def scopeflow(api_url: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, against the session's Prefect server (`env`: more environment variables)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160", **(env or {})}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -3,6 +3,8 @@ and stopped by a fixture), the real flow through Prefect and Ray, the same bytes
 credentials (from the standard AWS environment) written nowhere."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,13 +70,15 @@ def _files(root: StorageRoot) -> dict[str, bytes]:
 def s3_run(tmp_path_factory, s3_endpoint, prefect_server, embedded_assets):
     tmp = tmp_path_factory.mktemp("s3")
     path = write_config(tmp / "suite.yaml", _suite(tmp, f"s3://{BUCKET_ROOT}", s3_endpoint))
-    proc = scopeflow(prefect_server, "run", str(path))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sf-ray-"))  # short: Ray's socket paths live under it
+    proc = scopeflow(prefect_server, "run", str(path), env={"RAY_TMPDIR": str(ray_tmp)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, path, proc
+    yield tmp, path, proc, ray_tmp
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_every_stage_writes_to_s3_the_same_bytes_as_local_disk(s3_run, s3_endpoint):
-    tmp, _, proc = s3_run
+    tmp, _, proc, _ = s3_run
     assert "ran 10 unit(s)" in proc.stdout  # tokenize, 2 extract, 2 x (shuffle, train, evaluate), report
     remote = StorageRoot(f"s3://{BUCKET_ROOT}", {"endpoint_url": s3_endpoint})
     local = _run_in_process(_suite(tmp, str(tmp / "local"), None))
@@ -88,12 +92,16 @@ def test_every_stage_writes_to_s3_the_same_bytes_as_local_disk(s3_run, s3_endpoi
 
 
 def test_credentials_are_written_nowhere(s3_run, s3_endpoint, prefect_server):
-    _, _, proc = s3_run
+    _, _, proc, ray_tmp = s3_run
     secrets = (S3_KEY_ID, S3_SECRET)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
     objects = fs.find("scopeflow-test")
     assert objects and not [p for p in objects if any(s.encode() in fs.cat_file(p) for s in secrets)]
     assert not any(s in proc.stdout + proc.stderr for s in secrets)
+    # Ray's session folder: the driver's, raylet's and every worker's logs
+    ray_files = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()]
+    assert any(p.name.startswith("worker-") for p in ray_files), sorted(p.name for p in ray_files)[:20]
+    assert not [p for p in ray_files if any(s.encode() in p.read_bytes() for s in secrets)]
     # what the dashboard shows: flow runs (with their parameters), task runs, logs
     for path in ("/flow_runs/filter", "/task_runs/filter", "/logs/filter"):
         seen = str(api_post(prefect_server, path, {"limit": 200}))

@@ -6,17 +6,28 @@ from pathlib import Path
 
 import pytest
 
+from flows.schedule import Selector
+from flows.suite import rerun_command
 from storage.ledger import Ledger
 from storage.root import StorageRoot
+from tasks.plan import UnitSpec
 from tests.conftest import changed, end_times, scopeflow, small_suite_dict, write_config
-
-pytestmark = pytest.mark.slow
 
 
 def _sae_files(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "saes").rglob("*")) if p.is_file()}
 
 
+def test_a_waved_extract_unit_is_rerun_by_its_wave_and_shard():
+    assert (rerun_command("s.yaml", "extract:wave_01/shard_00003")
+            == "scopeflow rerun s.yaml --stage extract --wave 1 --shard 3")
+    assert rerun_command("s.yaml", "extract:shard_00003") == "scopeflow rerun s.yaml --stage extract --shard 3"
+    unit = UnitSpec(stage="extract", unit="wave_01/shard_00003", fingerprint="f", shard=3, wave=1)
+    assert Selector(stage="extract", wave=1, shard=3).matches(unit) and Selector(stage="extract", wave=1).matches(unit)
+    assert not Selector(stage="extract", wave=0, shard=3).matches(unit)
+
+
+@pytest.mark.slow
 def test_waves_free_activations_and_a_rerun_restores_only_what_it_needs(tmp_path, prefect_server, embedded_assets):
     # one (site, layer) holds 2 x 96 x 127 rows x (64 x 2 + 8) bytes = 3.3 MB extracted + shuffled
     cfg = small_suite_dict(tmp_path, sites=["res"], layers=[0, 1])
@@ -52,3 +63,13 @@ def test_waves_free_activations_and_a_rerun_restores_only_what_it_needs(tmp_path
                    "train:res/layer_0", "evaluate:res/layer_0"}
     assert _sae_files(run) == saes  # the restored inputs are the same bytes: the same SAEs
     assert not list(run.glob("activations/*/*/*"))  # and freed again
+
+    # one extract shard of wave 1, as a corrupt-chunk error names it: its wave's other shard is restored for
+    # the shuffle that reads both, and nothing of wave 0 runs
+    t0 = end_times(ledger.root)
+    shard = scopeflow(prefect_server, "rerun", str(path), "--stage", "extract", "--wave", "1", "--shard", "0")
+    assert shard.returncode == 0, shard.stdout[-3000:] + shard.stderr[-3000:]
+    ran = changed(t0, end_times(ledger.root)) - {"report:suite", "tokenize:corpus"}
+    assert ran == {"extract:wave_01/shard_00000", "extract:wave_01/shard_00001", "shuffle:res/layer_1",
+                   "train:res/layer_1", "evaluate:res/layer_1"}
+    assert _sae_files(run) == saes
