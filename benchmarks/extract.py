@@ -199,15 +199,14 @@ def main() -> None:
                    "--ctx", str(args.ctx), "--root", args.root]
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            for r in rows[-1:]:
-                print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "
-                      f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | "
-                      f"extract {r['extract_tokens_per_s']:9,.0f} tok/s | ratio {r['ratio']:.3f} | "
-                      f"{r['bytes_written'] / 1e6:6.1f} MB written | peak RSS {r['peak_rss_mb']:6.0f} MB "
-                      f"(after model load {r['rss_after_tokenize_and_model_mb']:.0f})", flush=True)
-                c = r["cpu_s_median"]
-                print(f"{'':9s} CPU s: forward thread bare {c['bare_main']:.2f}, extraction {c['extract_main']:.2f}; "
-                      f"other threads {c['extract_other_threads']:.2f}; kernel {c['extract_kernel']:.2f}", flush=True)
+            r, c = rows[-1], rows[-1]["cpu_s_median"]
+            print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "
+                  f"full fwd {r['full_forward_tokens_per_s']:9,.0f} | bare {r['bare_tokens_per_s']:9,.0f} tok/s | "
+                  f"extract {r['extract_tokens_per_s']:9,.0f} tok/s | ratio {r['ratio']:.3f} | "
+                  f"{r['bytes_written'] / 1e6:6.1f} MB written | peak RSS {r['peak_rss_mb']:6.0f} MB "
+                  f"(after model load {r['rss_after_tokenize_and_model_mb']:.0f})", flush=True)
+            print(f"{'':9s} CPU s: forward thread bare {c['bare_main']:.2f}, extraction {c['extract_main']:.2f}; "
+                  f"other threads {c['extract_other_threads']:.2f}; kernel {c['extract_kernel']:.2f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -14,6 +14,7 @@ import yaml
 
 from storage.ledger import Ledger
 from storage.root import StorageRoot
+from tasks.plan import STAGES
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -119,8 +120,7 @@ def s3_endpoint():
 
 def end_times(root: StorageRoot) -> dict[str, str]:
     ledger = Ledger(root)
-    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in ("tokenize", "extract", "shuffle", "train", "evaluate",
-                                                              "report") for r in ledger.records(s)}
+    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in STAGES for r in ledger.records(s)}
 
 
 def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
