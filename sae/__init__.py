@@ -4,7 +4,7 @@ checkpoint/resume, metrics and release formats (DESIGN section 5).
 Pure torch + numpy + safetensors + pydantic, so the same code runs inside a Ray worker, a test, or a
 notebook without the orchestration stack.
 """
-from .architectures import SAE_CLASSES, SweepPoint, sweep_points
+from .architectures import SweepPoint, sweep_points
 from .base import SparseAutoencoder
 from .baselines import ReLUSAE, TopKSAE
 from .checkpoint import CheckpointStore, FileCheckpoint
@@ -13,6 +13,7 @@ from .data import ArrayBatches
 from .export import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
 from .jumprelu import JumpReLUSAE
 from .metrics import SAEMetrics
+from .registry import ARCHITECTURES, architecture_class
 from .trainer import TrainedSAE, train_saes
 
 __all__ = [
@@ -21,7 +22,8 @@ __all__ = [
     "JumpReLUSAE",
     "TopKSAE",
     "ReLUSAE",
-    "SAE_CLASSES",
+    "ARCHITECTURES",
+    "architecture_class",
     "SweepPoint",
     "sweep_points",
     "ArrayBatches",

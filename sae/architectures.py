@@ -1,8 +1,4 @@
-"""Which SAE class each architecture name means, and the points of a sweep.
-
-One table, read by the trainer (to build), the exporters (to load) and the stages (to name folders), so a
-new architecture is added in one place.
-"""
+"""The points of a sweep: which SAEs one training unit builds, and what each is called on disk."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,11 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from .base import SparseAutoencoder
-from .baselines import ReLUSAE, TopKSAE
 from .config import TrainConfig
-from .jumprelu import JumpReLUSAE
-
-SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {"jumprelu": JumpReLUSAE, "topk": TopKSAE, "relu": ReLUSAE}
+from .registry import architecture_class
 
 
 @dataclass(frozen=True)
@@ -26,13 +19,13 @@ class SweepPoint:
     sparsity: float
 
     @property
+    def cls(self) -> type[SparseAutoencoder]:
+        return architecture_class(self.architecture)
+
+    @property
     def slug(self) -> str:
-        """The folder name of its sparsity setting; JumpReLU keeps DESIGN's `lambda_{λ}`."""
-        if self.architecture == "jumprelu":
-            return f"lambda_{self.sparsity:g}"
-        if self.architecture == "topk":
-            return f"topk_{int(self.sparsity)}"
-        return f"relu_l1_{self.sparsity:g}"
+        """The folder name of its sparsity setting (`lambda_{λ}`, `topk_{k}`, `relu_l1_{c}`)."""
+        return self.cls.setting_slug(self.sparsity)
 
 
 def sweep_points(cfg: TrainConfig) -> list[SweepPoint]:
@@ -42,8 +35,4 @@ def sweep_points(cfg: TrainConfig) -> list[SweepPoint]:
 
 
 def build_sae(point: SweepPoint, d_in: int, cfg: TrainConfig, generator: torch.Generator) -> SparseAutoencoder:
-    if point.architecture == "jumprelu":
-        return JumpReLUSAE(d_in, point.width, cfg.threshold_init, cfg.bandwidth, generator=generator)
-    if point.architecture == "topk":
-        return TopKSAE(d_in, point.width, k=int(point.sparsity), generator=generator)
-    return ReLUSAE(d_in, point.width, generator=generator)
+    return point.cls.for_sweep(d_in, point.width, point.sparsity, cfg, generator)

@@ -25,7 +25,23 @@ class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
     `training_loss`.
     """
 
+    # ---- the architecture's facts: everything outside this class derives from these (sae/registry.py)
+    #: the name configs and checkpoints use
     architecture: ClassVar[str] = ""
+    #: how people and the report call it
+    display_name: ClassVar[str] = ""
+    #: the TrainConfig field listing its sparsity settings, and how a setting's folder name starts
+    sparsity_field: ClassVar[str] = ""
+    setting_prefix: ClassVar[str] = ""
+    #: how the report writes a sparsity setting before its value (λ0.01, k=16)
+    sparsity_symbol: ClassVar[str] = ""
+    #: whether the sparsity setting is a loss coefficient warmed up like lambda (TopK's k is structural)
+    coefficient_warms_up: ClassVar[bool] = True
+    #: SAELens v6's name for it
+    saelens_architecture: ClassVar[str] = ""
+    #: whether Gemma Scope's params.npz (a JumpReLU SAE) can express it
+    gemma_scope_form: ClassVar[bool] = False
+
     BASE_PARAMS: ClassVar[tuple[str, ...]] = ("W_enc", "W_dec", "b_enc", "b_dec")
     EXTRA_PARAMS: ClassVar[tuple[str, ...]] = ()
     #: the tensor names of the release formats, in order
@@ -35,7 +51,9 @@ class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
         super().__init_subclass__(**kwargs)
         cls.PARAM_NAMES = cls.BASE_PARAMS + cls.EXTRA_PARAMS
 
-    def __init__(self, d_in: int, d_sae: int, generator: torch.Generator | None = None, **hyper: Any) -> None:
+    def __init__(self, d_in: int, d_sae: int, generator: torch.Generator | None = None,
+                 init: Mapping[str, Any] | None = None, **hyper: Any) -> None:
+        """`init` holds what only initialisation reads (JumpReLU's threshold_init); `hyper` is kept."""
         if d_in <= 0 or d_sae <= 0:
             raise ValueError(f"d_in and d_sae must be positive, got {d_in}, {d_sae}")
         # Gemma Scope's init: W_dec He-uniform with unit rows, W_enc its transpose (untied after), zero biases.
@@ -48,14 +66,34 @@ class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
             "b_enc": torch.zeros(d_sae, dtype=torch.float32),
             "b_dec": torch.zeros(d_in, dtype=torch.float32),
         }
-        params.update(self._init_extra(d_sae, **hyper))
+        params.update(self._init_extra(d_sae, **(init or {})))
         super().__init__()
         self._install(params, apply_b_dec_to_input=True, **hyper)
 
     # ------------------------------------------------------------------ per-architecture hooks
 
     @classmethod
-    def _init_extra(cls, d_sae: int, **hyper: Any) -> dict[str, Tensor]:
+    def setting_slug(cls, sparsity: float) -> str:
+        """The folder name of one sparsity setting, e.g. `lambda_0.01` (DESIGN's name for JumpReLU)."""
+        return f"{cls.setting_prefix}{sparsity:g}"
+
+    @classmethod
+    @abstractmethod
+    def for_sweep(cls, d_in: int, width: int, sparsity: float, cfg: Any,
+                  generator: torch.Generator) -> "SparseAutoencoder":
+        """A freshly initialised SAE for one point of a sweep trained with TrainConfig `cfg`."""
+
+    def saelens_fields(self) -> dict[str, Any]:
+        """Fields of SAELens's cfg.json that only this architecture has."""
+        return {}
+
+    @classmethod
+    def hyper_from_saelens(cls, cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Constructor hyper-parameters from a SAELens cfg.json (`where` names the file in errors)."""
+        return {}
+
+    @classmethod
+    def _init_extra(cls, d_sae: int, **init: Any) -> dict[str, Tensor]:
         return {}
 
     def _set_hyper(self, **hyper: Any) -> None:

@@ -21,6 +21,17 @@ class ReLUSAE(SparseAutoencoder):
     """
 
     architecture = "relu"
+    display_name = "ReLU + L1"
+    sparsity_field = "l1_coefficients"
+    setting_prefix = "relu_l1_"
+    sparsity_symbol = "L1 "
+    saelens_architecture = "standard"
+    gemma_scope_form = True
+
+    @classmethod
+    def for_sweep(cls, d_in: int, width: int, sparsity: float, cfg: Any,
+                  generator: torch.Generator) -> "ReLUSAE":
+        return cls(d_in, width, generator=generator)
 
     def activation(self, z: Tensor) -> Tensor:
         return torch.relu(z)
@@ -40,9 +51,33 @@ class TopKSAE(SparseAutoencoder):
     """
 
     architecture = "topk"
+    display_name = "TopK"
+    sparsity_field = "topk_ks"
+    setting_prefix = "topk_"
+    sparsity_symbol = "k="
+    coefficient_warms_up = False
+    saelens_architecture = "topk"
 
     def __init__(self, d_in: int, d_sae: int, k: int, generator: torch.Generator | None = None) -> None:
         super().__init__(d_in, d_sae, generator=generator, k=k)
+
+    @classmethod
+    def for_sweep(cls, d_in: int, width: int, sparsity: float, cfg: Any,
+                  generator: torch.Generator) -> "TopKSAE":
+        return cls(d_in, width, k=int(sparsity), generator=generator)
+
+    @classmethod
+    def setting_slug(cls, sparsity: float) -> str:
+        return f"{cls.setting_prefix}{int(sparsity)}"
+
+    def saelens_fields(self) -> dict[str, Any]:
+        return {"k": self.k, "rescale_acts_by_decoder_norm": False}
+
+    @classmethod
+    def hyper_from_saelens(cls, cfg: Any, where: str) -> dict[str, Any]:
+        if not isinstance(cfg.get("k"), int):
+            raise ValueError(f"{where}: a topk SAE with no k")
+        return {"k": cfg["k"]}
 
     def _set_hyper(self, k: int = 0) -> None:
         if not 0 < int(k) <= self.d_sae:

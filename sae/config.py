@@ -8,11 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Architecture = Literal["jumprelu", "topk", "relu"]
+from .registry import ARCHITECTURES, architecture_class
 
 #: fields that change how training runs but never what it produces; fingerprints leave them out
 RUNTIME_FIELDS = frozenset({"checkpoint_every"})
-SPARSITY_FIELDS: dict[str, str] = {"jumprelu": "lambdas", "topk": "topk_ks", "relu": "l1_coefficients"}
 
 
 class TrainConfig(BaseModel):
@@ -27,7 +26,8 @@ class TrainConfig(BaseModel):
 
     widths: list[int] = Field(default_factory=lambda: [16384])
     lambdas: list[float] = Field(default_factory=lambda: [0.001])
-    architectures: list[Architecture] = Field(default_factory=lambda: ["jumprelu"])
+    architectures: list[str] = Field(default_factory=lambda: ["jumprelu"],
+                                     description=f"any of {', '.join(ARCHITECTURES)} (sae/registry.py)")
     topk_ks: list[int] = Field(default_factory=lambda: [64], description="k of each TopK baseline")
     l1_coefficients: list[float] = Field(default_factory=lambda: [5.0],
                                          description="L1 coefficient of each ReLU baseline (warmed up like lambda)")
@@ -74,16 +74,18 @@ class TrainConfig(BaseModel):
     def _architectures_distinct(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v):
             raise ValueError(f"architectures must name each architecture once, got {v}")
+        for name in v:
+            architecture_class(name)
         return v
 
     def sparsities(self, architecture: str) -> list[float]:
         """The sweep's sparsity settings for one architecture."""
-        return getattr(self, SPARSITY_FIELDS[architecture])
+        return getattr(self, architecture_class(architecture).sparsity_field)
 
     def shaping_fields(self) -> dict:
         """The fields that shape the trained SAEs: what a fingerprint or a checkpoint must match. Sweeps of
         architectures not trained are left out, so adding `topk_ks` to a JumpReLU-only suite changes nothing."""
-        unused = {f for a, f in SPARSITY_FIELDS.items() if a not in self.architectures}
+        unused = {cls.sparsity_field for name, cls in ARCHITECTURES.items() if name not in self.architectures}
         return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | unused)
 
     @field_validator("batch_size")

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .architectures import SAE_CLASSES
 from .base import SparseAutoencoder
 from .jumprelu import JumpReLUSAE
+from .registry import from_saelens_name
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -26,24 +26,15 @@ SAELENS_VERSION = "6.0.0"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-#: our architecture name -> SAELens v6's
-SAELENS_ARCHITECTURES = {"jumprelu": "jumprelu", "topk": "topk", "relu": "standard"}
-
-
 def _cpu_tensors(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in sae.state_tensors().items()}
-
-
-def has_gemma_scope_form(sae: SparseAutoencoder) -> bool:
-    """Gemma Scope's params.npz is a JumpReLU SAE; ReLU is one with zero thresholds, TopK is none."""
-    return sae.architecture in ("jumprelu", "relu")
 
 
 def save_gemma_scope_npz(sae: SparseAutoencoder, path: str | Path) -> None:
     """Gemma Scope's format has no flag for a pre-encoder bias, so only a folded SAE can be written."""
     if sae.apply_b_dec_to_input:
         raise ValueError("params.npz holds folded SAEs only (apply_b_dec_to_input=False); call folded(C) first")
-    if not has_gemma_scope_form(sae):
+    if not sae.gemma_scope_form:  # params.npz is a JumpReLU SAE; ReLU is one with zero thresholds
         raise ValueError(f"params.npz holds JumpReLU SAEs; a {sae.architecture} SAE has no such form")
     arrays = {name: t.numpy() for name, t in _cpu_tensors(sae).items()}
     arrays.setdefault("threshold", np.zeros(sae.d_sae, dtype=np.float32))
@@ -85,7 +76,7 @@ def saelens_cfg(
     }
     metadata.update(extra_metadata or {})
     cfg: dict[str, Any] = {
-        "architecture": SAELENS_ARCHITECTURES[sae.architecture],
+        "architecture": sae.saelens_architecture,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": dtype,
@@ -95,9 +86,7 @@ def saelens_cfg(
         "reshape_activations": "none",
         "metadata": metadata,
     }
-    if sae.architecture == "topk":
-        cfg["k"] = sae.k
-        cfg["rescale_acts_by_decoder_norm"] = False
+    cfg.update(sae.saelens_fields())
     return cfg
 
 
@@ -142,20 +131,18 @@ def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict[str, Any]]
     """Load a SAELens v6 JumpReLU, TopK or standard (ReLU) SAE, saved by save_saelens or SAELens, as float32."""
     folder = Path(folder)
     cfg = json.loads((folder / SAELENS_CFG).read_text())
-    arch = cfg.get("architecture")
-    ours = {v: k for k, v in SAELENS_ARCHITECTURES.items()}.get(arch)
-    if ours is None:
-        raise ValueError(f"{folder / SAELENS_CFG}: architecture={arch!r} is not one of "
-                         f"{sorted(SAELENS_ARCHITECTURES.values())}")
+    where = folder / SAELENS_CFG
+    try:
+        cls = from_saelens_name(cfg.get("architecture"))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold it first")
-    if ours == "topk" and not isinstance(cfg.get("k"), int):
-        raise ValueError(f"{folder / SAELENS_CFG}: a topk SAE with no k")
+    hyper = cls.hyper_from_saelens(cfg, str(where))
     tensors = load_file(str(folder / SAELENS_WEIGHTS))
     if cfg.get("rescale_acts_by_decoder_norm"):
         tensors = _fold_decoder_norms(tensors)
-    hyper = {"k": cfg["k"]} if ours == "topk" else {}
-    sae = SAE_CLASSES[ours].from_tensors(tensors, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)), **hyper)
+    sae = cls.from_tensors(tensors, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)), **hyper)
     if (sae.d_in, sae.d_sae) != (cfg.get("d_in"), cfg.get("d_sae")):
         raise ValueError(f"cfg.json says d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')}; "
                          f"weights are {sae.d_in} x {sae.d_sae}")

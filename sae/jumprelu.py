@@ -114,19 +114,31 @@ class JumpReLUSAE(SparseAutoencoder):
     trained with an L0 penalty through the straight-through estimators above."""
 
     architecture = "jumprelu"
+    display_name = "JumpReLU"
+    sparsity_field = "lambdas"
+    setting_prefix = "lambda_"
+    sparsity_symbol = "λ"
+    saelens_architecture = "jumprelu"
+    gemma_scope_form = True
     EXTRA_PARAMS = ("threshold",)
 
     def __init__(self, d_in: int, d_sae: int, threshold_init: float = 0.001, bandwidth: float = 0.001,
                  generator: torch.Generator | None = None) -> None:
-        super().__init__(d_in, d_sae, generator=generator, threshold_init=threshold_init, bandwidth=bandwidth)
+        super().__init__(d_in, d_sae, generator=generator, init={"threshold_init": threshold_init},
+                         bandwidth=bandwidth)
 
     @classmethod
-    def _init_extra(cls, d_sae: int, threshold_init: float = 0.001, **hyper: Any) -> dict[str, Tensor]:
+    def for_sweep(cls, d_in: int, width: int, sparsity: float, cfg: Any,
+                  generator: torch.Generator) -> "JumpReLUSAE":
+        return cls(d_in, width, cfg.threshold_init, cfg.bandwidth, generator=generator)
+
+    @classmethod
+    def _init_extra(cls, d_sae: int, threshold_init: float = 0.001) -> dict[str, Tensor]:
         if threshold_init < 0:
             raise ValueError(f"threshold_init must be >= 0, got {threshold_init}")
         return {"threshold": torch.full((d_sae,), float(threshold_init), dtype=torch.float32)}
 
-    def _set_hyper(self, bandwidth: float = 0.001, threshold_init: float | None = None) -> None:
+    def _set_hyper(self, bandwidth: float = 0.001) -> None:
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
         self.bandwidth = float(bandwidth)
@@ -144,9 +156,6 @@ class JumpReLUSAE(SparseAutoencoder):
         l0 = h.sum(-1).mean()
         sparsity = coefficient * l0
         return {"loss": mse + sparsity, "mse": mse, "sparsity": sparsity, "l0": l0}, f
-
-    def loss(self, x: Tensor, lam: float) -> dict[str, Tensor]:
-        return self.training_loss(x, lam)[0]
 
     @torch.no_grad()
     def after_step(self) -> None:

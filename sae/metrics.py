@@ -5,13 +5,10 @@ FVU's denominator can be formed from running sums once the dataset mean is known
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import SparseAutoencoder
 
 #: log10 firing-frequency bin edges, -8 to 0 in steps of 0.5 (Gemma Scope's density plots).
 FREQ_HIST_EDGES: tuple[float, ...] = tuple(float(e) for e in np.arange(-8.0, 0.25, 0.5))
@@ -100,21 +97,3 @@ class SAEMetrics:
             "freq_hist_edges": list(FREQ_HIST_EDGES),
         }
 
-
-@torch.no_grad()
-def evaluate_sae(
-    sae: SparseAutoencoder,
-    batches: Iterable[Tensor],
-    dataset_mean: Tensor,
-    dense_threshold: float = 0.1,
-) -> dict:
-    """Run a folded SAE over raw activation batches and return SAEMetrics.result()."""
-    if sae.apply_b_dec_to_input:
-        raise ValueError("evaluate a folded SAE (apply_b_dec_to_input=False) on raw activations")
-    param = sae.W_enc
-    metrics = SAEMetrics(dense_threshold)
-    for batch in batches:
-        x = batch.to(device=param.device, dtype=torch.float32)
-        x_hat, f = sae(x)
-        metrics.update(x, x_hat, f)
-    return metrics.result(dataset_mean)

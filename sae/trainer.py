@@ -84,7 +84,7 @@ def _new_runs(d_in: int, cfg: TrainConfig, device: torch.device) -> list[_Run]:
 
 def _coefficient(point: SweepPoint, step: int, cfg: TrainConfig) -> float:
     """JumpReLU's L0 and ReLU's L1 coefficients warm up linearly; TopK has none."""
-    if point.architecture == "topk":
+    if not point.cls.coefficient_warms_up:
         return 0.0
     return lambda_at(step, point.sparsity, cfg)
 

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import zarr
 
 from sae import SweepPoint, save_gemma_scope_npz, save_saelens, train_saes
-from sae.export import has_gemma_scope_form
 from storage.arrays import DecodedRows
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
@@ -69,7 +68,7 @@ def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, 
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "sae"
             folder.mkdir()
-            if has_gemma_scope_form(t.sae):
+            if t.sae.gemma_scope_form:
                 save_gemma_scope_npz(t.sae, folder / "params.npz")
             save_saelens(t.sae, folder, model_name=model_name, hook_name=TL_HOOKS[site].format(L=layer),
                          context_size=cfg.corpus.ctx, prepend_bos=True,

@@ -9,7 +9,7 @@ import torch
 
 from sae import SAEMetrics, TrainConfig, JumpReLUSAE, train_saes
 from sae.jumprelu import heaviside, jumprelu, jumprelu_and_heaviside
-from sae.metrics import FREQ_HIST_EDGES, evaluate_sae
+from sae.metrics import FREQ_HIST_EDGES
 from sae.schedules import lambda_at, lr_at
 from sae.trainer import _generator_for
 
@@ -120,7 +120,7 @@ def test_loss_threshold_gradient_by_hand():
     x = torch.randn(5, 4, generator=gen)
     sae = _sae_with_thresholds_near_pre_acts(x)
     lam = 0.3
-    out = sae.loss(x, lam)
+    out = sae.training_loss(x, lam)[0]
     out["loss"].backward()
 
     with torch.no_grad():
@@ -151,7 +151,7 @@ def test_l0_term_sends_no_gradient_to_pre_activations():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(5, 4, generator=gen)
     sae = _sae_with_thresholds_near_pre_acts(x)
-    sae.loss(x, 1.0)["l0"].backward()
+    sae.training_loss(x, 1.0)[0]["l0"].backward()
     for name in ("W_enc", "b_enc", "b_dec", "W_dec"):
         grad = getattr(sae, name).grad
         assert grad is None or torch.count_nonzero(grad) == 0, name
@@ -180,7 +180,7 @@ def test_remove_parallel_decoder_grad_leaves_rows_orthogonal():
     with torch.no_grad():
         sae.b_enc.fill_(0.5)
     x = torch.randn(32, 8, generator=gen)
-    sae.loss(x, 0.01)["loss"].backward()
+    sae.training_loss(x, 0.01)[0]["loss"].backward()
     before = sae.W_dec.grad.clone()
     sae.remove_parallel_decoder_grad()
     after = sae.W_dec.grad
@@ -403,6 +403,16 @@ def _sparse_dictionary_data(seed: int, n_batches: int, rows: int = 256, d_in: in
         return codes @ dictionary
 
     return sample(rows * n_batches).split(rows), sample(4096)
+
+
+@torch.no_grad()
+def evaluate_sae(sae, batches, dataset_mean) -> dict:
+    """A folded SAE's SAEMetrics over raw activation batches, streamed as the evaluate stage does."""
+    metrics = SAEMetrics()
+    for x in batches:
+        x_hat, f = sae(x.float())
+        metrics.update(x.float(), x_hat, f)
+    return metrics.result(dataset_mean)
 
 
 def test_l0_falls_as_lambda_rises_on_sparse_synthetic_data():
