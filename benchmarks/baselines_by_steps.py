@@ -20,8 +20,8 @@ from flows.config import load_suite_config
 from flows.prepare import open_root
 from sae import train_saes
 from storage.arrays import DecodedRows
-from tasks.shuffle import shuffled_group
-from tasks.train import norm_scale
+from tasks.stages.shuffle import shuffled_group
+from tasks.stages.train import norm_scale
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def _random_model(name: str, dtype: str, folder: Path) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config
 
     from tasks.capacity import KNOWN_CONFIGS
-    from tasks.model import resolve_model_path
+    from tasks.lm.model import resolve_model_path
 
     fields = {k: v for k, v in KNOWN_CONFIGS[name].items() if k != "model_type"}
     config = Gemma2Config(**fields, query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
@@ -60,9 +60,9 @@ def _child(args: argparse.Namespace) -> dict:
 
     from flows.config import SuiteConfig
     from storage.root import StorageRoot
-    from tasks.extract import extract_shard, forward_until
-    from tasks.model import load_model, pick_device
-    from tasks.tokenize import TOKENS_TRAIN, tokenize_corpus
+    from tasks.stages.extract import extract_shard, forward_until
+    from tasks.lm.model import load_model, pick_device
+    from tasks.stages.tokenize import TOKENS_TRAIN, tokenize_corpus
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 storage puts on extraction speed (a GPU's forward pass at Gemma scale produces hundreds of MB/s per unit;
 `benchmarks/extract.py` measures the overlap with a real forward pass).
 
-It runs the extract stage's own writer code (`tasks.extract._create_outputs`, `_append_all`, then each
+It runs the extract stage's own writer code (`tasks.stages.extract._create_outputs`, `_append_all`, then each
 `RowWriter.close`) on synthetic bf16 rows for G (site, layer) groups of width d, batch after batch, into a
 fresh run root each time, and reports stored MB/s (x and index), the process's CPU seconds per MB, and the
 tokens/s that rate sustains for that layout. Best of the rounds.
@@ -30,7 +30,7 @@ import numpy as np
 
 from flows.config import SuiteConfig
 from storage.root import StorageRoot
-from tasks.extract import _append_all, _create_outputs
+from tasks.stages.extract import _append_all, _create_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -120,7 +120,7 @@ def _build(args: argparse.Namespace) -> dict:
 
     from storage.arrays import RowWriter, create_array
     from storage.root import StorageRoot
-    from tasks.extract import shard_group
+    from tasks.stages.extract import shard_group
 
     cfg, root = _config(args, args.root), StorageRoot(args.root)
     gen = torch.Generator().manual_seed(args.seed)
@@ -152,7 +152,7 @@ def _zarr_copy(args: argparse.Namespace) -> dict:
 
     from storage.arrays import create_array, logical_dtype, write_rows_unit
     from storage.root import StorageRoot
-    from tasks.extract import shard_group
+    from tasks.stages.extract import shard_group
 
     root = StorageRoot(args.root)
     srcs = []
@@ -181,7 +181,7 @@ def _shuffle(args: argparse.Namespace) -> dict:
     import zarr
 
     from storage.root import StorageRoot
-    from tasks.shuffle import shuffle_site_layer, shuffled_group
+    from tasks.stages.shuffle import shuffle_site_layer, shuffled_group
 
     cfg, root = _config(args, args.root, args.bucket), StorageRoot(args.root)
     n_shards = len(_shard_rows(args.size, args.shard_rows))
@@ -222,8 +222,8 @@ def _phases(args: argparse.Namespace) -> dict:
     from storage.arrays import create_array, logical_dtype, write_rows_unit
     from storage.root import StorageRoot
     from tasks.config import SITES
-    from tasks.extract import shard_group
-    from tasks.shuffle import _ConcatRows, bucket_rows, stored_row_sums
+    from tasks.stages.extract import shard_group
+    from tasks.stages.shuffle import _ConcatRows, bucket_rows, stored_row_sums
 
     cfg, root = _config(args, args.root, args.bucket), StorageRoot(args.root)
     groups = [zarr.open_group(store=root.zarr_store(shard_group(SITE, LAYER, s), read_only=True), mode="r")

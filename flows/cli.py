@@ -7,14 +7,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from flows.config import DEFAULT_CONFIG, ConfigError, SuiteConfig, load_suite_config
+from flows.prepare import open_root, prepare_suite
+from flows.status import stage_status
+from infra.prefect_server import prefect_api, start_server, stop_server
+from storage.layout import REPORT_INDEX, import_evals_dir
+from tasks.capacity import capacity_plan, describe_groups, load_shape, load_throughputs
+from tasks.lm.model import load_config
+from tasks.lm.sites import TL_HOOKS, n_layers, site_width
+from tasks.registry import get_stage
+from tasks.release_import import import_release
+from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+from tasks.stages.report import collect_metrics
+from tasks.stages.tokenize import n_train_seqs
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,10 +45,6 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
-    from flows.prepare import open_root
-    from tasks.report import collect_metrics
-    from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
-
     root = open_root(cfg)
     rows = collect_metrics(root, keys)
     table = Table(title=f"SAEs of suite '{cfg.name}'", title_justify="left")
@@ -43,7 +53,7 @@ def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
     for r in format_table_rows(sorted_rows(rows)):
         table.add_row(*r)
     console.print(table)
-    console.print(f"report: {root.path('report/index.html')}", highlight=False, soft_wrap=True)
+    console.print(f"report: {root.path(REPORT_INDEX)}", highlight=False, soft_wrap=True)
 
 
 def _drain_prefect_logs() -> None:
@@ -56,16 +66,12 @@ def _drain_prefect_logs() -> None:
 def _execute(config_path: str, rerun: list[dict] | None) -> int:
     try:
         cfg = load_suite_config(config_path)
-        from flows.prepare import prepare_suite
-
         with console.status("checking config and model (the embedded model is built once, ~2 min)"):
             prepared = prepare_suite(cfg, config_path, write=False)
     except ConfigError as e:
         return _fail(str(e))
     for k, v in _QUIET_CONSOLE.items():
         os.environ.setdefault(k, v)
-    from infra.prefect_server import prefect_api
-
     t0 = time.monotonic()
     with prefect_api(Path(cfg.orchestration.prefect_home).resolve()) as api_url:
         console.print(f"Prefect API: {api_url}", highlight=False)
@@ -98,23 +104,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_rerun(args) -> int:
-    from tasks.plan import STAGES
-
-    if args.stage not in STAGES:
-        return _fail(f"--stage: unknown stage {args.stage!r} (one of {', '.join(STAGES)})")
+    try:
+        get_stage(args.stage)
+    except ValueError as e:
+        return _fail(f"--stage: {e}")
     return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer, "wave": args.wave,
                                       "shard": args.shard}])
 
 
 def cmd_status(args) -> int:
-    from flows.status import stage_status
-
     try:
         cfg = load_suite_config(args.config)
         rows = stage_status(cfg, args.config)
     except ConfigError as e:
         return _fail(str(e))
-    table = Table(title=f"suite '{cfg.name}'", title_justify="left")
+    # no vertical rules: the table fits an 80-column terminal
+    table = Table(title=f"suite '{cfg.name}'", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("stage", "units", "complete", "failed", "running", "pending", "total s", "mean s", "max s"):
         table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for r in rows:
@@ -130,7 +135,6 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     try:
         cfg = load_suite_config(args.config)
-        from flows.prepare import prepare_suite
         prepared = prepare_suite(cfg, args.config, write=False)
         _print_metrics(cfg, [(s, layer) for s in cfg.sites for layer in prepared.layers])
     except ConfigError as e:
@@ -147,28 +151,17 @@ def _bytes(n: float | None) -> str:
         if abs(n) < 1000 or unit == "EB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} EB"
 
 
 def _n_train_seqs(cfg: SuiteConfig) -> int | None:
     """The corpus cap, else the tokens already written at the root, else unknown."""
     if cfg.corpus.max_train_seqs:
         return cfg.corpus.max_train_seqs
-    from flows.prepare import open_root
-    from tasks.tokenize import TOKENS_TRAIN
-
-    root = open_root(cfg)
-    if root.exists(f"{TOKENS_TRAIN}/zarr.json"):
-        import zarr
-
-        return zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
-    return None
+    return n_train_seqs(open_root(cfg))
 
 
 def cmd_plan(args) -> int:
     """Units, bytes, objects, FLOPs and device-hours per stage, and the storage waves, before any run."""
-    from tasks.capacity import capacity_plan, describe_groups, load_shape, load_throughputs
-
     try:
         cfg = load_suite_config(args.config)
         shape, shape_source = load_shape(cfg.model)
@@ -224,11 +217,6 @@ def cmd_import(args) -> int:
     """Evaluate a published release (Gemma Scope's layout) on this suite's model and held-out tokens."""
     try:
         cfg = load_suite_config(args.config)
-        from flows.prepare import prepare_suite
-        from tasks.model import load_config
-        from tasks.release_import import import_release
-        from tasks.sites import TL_HOOKS, n_layers, site_width
-
         if args.site not in TL_HOOKS:
             return _fail(f"--site: unknown site {args.site!r} (one of {', '.join(TL_HOOKS)})")
         prepared = prepare_suite(cfg, args.config, write=False)
@@ -247,16 +235,23 @@ def cmd_import(args) -> int:
         table.add_row(str(r["layer"]), r["width_label"], str(r["average_l0_label"]), f"{r['l0']:.1f}",
                       f"{r['fvu']:.3f}", f"{r['delta_loss']:.4f}", f"{r['dead_frac']:.1%}")
     console.print(table)
-    console.print(f"evaluations: {prepared.root.path(f'imports/{args.name}/evals/{args.site}')}", highlight=False,
+    console.print(f"evaluations: {prepared.root.path(import_evals_dir(args.name, args.site))}", highlight=False,
                   soft_wrap=True)
     return 0
 
 
-def cmd_server(args) -> int:
-    """The dashboard over the same database `scopeflow run` uses, until Ctrl-C."""
-    from infra.prefect_server import start_server, stop_server
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so `finally` blocks stop the servers this process started."""
+    raise SystemExit(128 + signum)
 
-    cfg = load_suite_config(args.config)
+
+def cmd_server(args) -> int:
+    """The dashboard over the same database `scopeflow run` uses, until Ctrl-C or SIGTERM."""
+    try:
+        cfg = load_suite_config(args.config)
+    except ConfigError as e:
+        return _fail(str(e))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     proc, api_url = start_server(Path(cfg.orchestration.prefect_home).resolve(), port=args.port)
     console.print(f"Prefect dashboard: {api_url[:-4]}  (API {api_url}); Ctrl-C stops it", highlight=False)
     console.print(f"runs use it with: export PREFECT_API_URL={api_url}", highlight=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from infra.config import OrchestrationConfig
 from tasks.config import StagesConfig
+from tasks.registry import STAGE_NAMES, get_stage
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
 
@@ -18,6 +19,22 @@ class ConfigError(ValueError):
 
 class SuiteConfig(StagesConfig):
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @field_validator("orchestration")
+    @classmethod
+    def _known_stages(cls, v: OrchestrationConfig) -> OrchestrationConfig:
+        """Per-stage settings name stages of the registry: a misspelt one is an error, never ignored."""
+        for name in ("cpus_per_unit", "gpus_per_unit"):
+            for stage in getattr(v, name):
+                if stage not in STAGE_NAMES:
+                    raise ValueError(f"{name}: unknown stage {stage!r} (one of {', '.join(STAGE_NAMES)})")
+        return v
+
+    def unit_resources(self, stage: str) -> tuple[float, float]:
+        """(CPUs, GPUs) per unit of a stage: the config's, else the registry's default."""
+        default = get_stage(stage)
+        orch = self.orchestration
+        return orch.cpus_per_unit.get(stage, default.cpus), orch.gpus_per_unit.get(stage, default.gpus)
 
 
 def _one_line(path: str, err: ValidationError) -> str:

@@ -9,11 +9,12 @@ from importlib import metadata
 from pathlib import Path
 
 from flows.config import ConfigError, SuiteConfig
+from storage.layout import SUITE_JSON
 from storage.root import StorageRoot
-from tasks.corpus import expand_paths
-from tasks.model import load_config, resolve_model_path
-from tasks.plan import suite_fingerprint
-from tasks.sites import n_layers, site_table
+from tasks.lm.corpus import expand_paths
+from tasks.lm.model import load_config, resolve_model_path
+from tasks.lm.sites import n_layers, site_table
+from tasks.units import suite_fingerprint
 
 _VERSIONED = ("torch", "transformers", "ray", "prefect", "prefect-ray", "zarr", "pyarrow", "pydantic", "scopeflow")
 
@@ -53,7 +54,7 @@ def prepare_suite(cfg: SuiteConfig, config_path: str, write: bool = True) -> Pre
                 versions[pkg] = metadata.version(pkg)
             except metadata.PackageNotFoundError:
                 pass
-        root.write_json("suite.json", {
+        root.write_json(SUITE_JSON, {
             "config": cfg.model_dump(mode="json"), "fingerprint": fp, "config_path": str(config_path),
             "resolved": {"layers": layers, "model_path": model_path, "model_type": hf_config.model_type},
             "versions": versions, "python": platform.python_version(),

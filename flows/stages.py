@@ -16,7 +16,7 @@ from flows.config import SuiteConfig
 from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.execute import run_unit
-from tasks.plan import UnitSpec
+from tasks.units import UnitSpec
 
 
 @task(name="unit", cache_policy=NO_CACHE, persist_result=False)
@@ -30,9 +30,10 @@ def unit_task(cfg: SuiteConfig, spec: UnitSpec, root: StorageRoot) -> dict:
 def stage_flow(stage: str, cfg: SuiteConfig, specs: list[UnitSpec], root: StorageRoot) -> dict[str, str]:
     """Runs every unit to the end, then fails (in the dashboard too) if any unit failed."""
     orch = cfg.orchestration
-    options = {"num_cpus": orch.cpus_per_unit.get(stage, 1), "max_retries": orch.worker_retries}
-    if orch.gpus_per_unit.get(stage):
-        options["num_gpus"] = orch.gpus_per_unit[stage]
+    cpus, gpus = cfg.unit_resources(stage)
+    options = {"num_cpus": cpus, "max_retries": orch.worker_retries}
+    if gpus:
+        options["num_gpus"] = gpus
     runnable = unit_task.with_options(retries=orch.task_retries, retry_delay_seconds=orch.retry_delay_seconds)
     outcome: dict[str, str] = {}
     with remote_options(**options):
@@ -55,10 +56,10 @@ def stage_flow(stage: str, cfg: SuiteConfig, specs: list[UnitSpec], root: Storag
 
 
 def run_stage_flow(stage: str, cfg: SuiteConfig, specs: list[UnitSpec], root: StorageRoot) -> dict[str, str]:
-    if not specs:
-        return {}
     """Run the stage flow, then read each unit's outcome from the ledger, the source of truth (a worker
     that died leaves no Python exception behind, only a record that never turned complete)."""
+    if not specs:
+        return {}
     runner = RayTaskRunner(address=cfg.orchestration.ray_address)
     stage_flow.with_options(task_runner=runner)(stage, cfg, specs, root, return_state=True)
     ledger = Ledger(root)

@@ -1,29 +1,24 @@
 """`scopeflow status`: the ledger read against the current plan, without Prefect or Ray."""
 from __future__ import annotations
 
-import zarr
-
 from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from storage.ledger import Ledger
-from tasks.capacity import suite_waves
-from tasks.extract import n_shards
-from tasks.plan import STAGES, downstream_units, tokenize_units
-from tasks.tokenize import TOKENS_TRAIN
+from tasks.plan import plan_suite
+from tasks.registry import STAGE_NAMES
+from tasks.stages.tokenize import n_train_seqs
 
 
 def stage_status(cfg: SuiteConfig, config_path: str) -> list[dict]:
     prepared = prepare_suite(cfg, config_path, write=False)
     root = prepared.root
     ledger = Ledger(root)
-    plan = {"tokenize": tokenize_units(cfg)}
-    if ledger.is_complete("tokenize", "corpus", plan["tokenize"][0].fingerprint):
-        n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
-        plan.update(downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
-                                     prepared.model_name, plan["tokenize"][0],
-                                     suite_waves(cfg, prepared.layers, n_train)))
+    plan = plan_suite(cfg, prepared.layers, prepared.model_name, None)
+    first = plan[STAGE_NAMES[0]][0]
+    if ledger.is_complete(first.stage, first.unit, first.fingerprint):
+        plan = plan_suite(cfg, prepared.layers, prepared.model_name, n_train_seqs(root))
     rows = []
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         specs = plan.get(stage)
         counts = {"complete": 0, "failed": 0, "running": 0, "pending": 0}
         durations, errors = [], []

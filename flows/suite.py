@@ -2,7 +2,7 @@
 units run as Ray tasks; the ledger decides which units run."""
 from __future__ import annotations
 
-import zarr
+import ray
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -11,11 +11,18 @@ from flows.prepare import prepare_suite
 from flows.schedule import RunState, Selector, select
 from flows.stages import run_stage_flow
 from infra.ray_local import init_ray
+from storage.layout import REPORT_INDEX
 from storage.ledger import Ledger
-from tasks.capacity import suite_waves
-from tasks.extract import n_shards
-from tasks.plan import STAGES, UnitSpec, downstream_units, tokenize_units
-from tasks.tokenize import TOKENS_TRAIN
+from tasks.capacity import describe_groups
+from tasks.plan import plan_suite
+from tasks.registry import STAGE_NAMES, STAGES, get_stage, upstream
+from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+from tasks.stages.report import SUITE_UNIT, collect_metrics
+from tasks.stages.tokenize import n_train_seqs
+from tasks.units import UnitSpec
+
+#: the stages a storage wave runs, in order; the stages before them run once first, those after once last
+WAVE_STAGES = tuple(name for name in STAGE_NAMES if STAGES[name].per_wave)
 
 
 def rerun_command(config_path: str, key: str) -> str:
@@ -38,9 +45,8 @@ def failure_line(config_path: str, key: str, ledger: Ledger) -> str:
     wrote that chunk (re-running the reader would only read the same bad bytes again)."""
     stage, unit = key.split(":", 1)
     rec = ledger.get(stage, unit)
-    if rec and rec.error and rec.error.type == "CorruptChunkError":
-        path = rec.error.message.split(": chunk ")[0]
-        producer = ledger.producer_of(path, STAGES[:STAGES.index(stage)])
+    if rec and rec.error and rec.error.type == "CorruptChunkError" and "path" in rec.error.facts:
+        producer = ledger.producer_of(rec.error.facts["path"], upstream(stage))
         if producer:
             pkey = f"{producer.stage}:{producer.unit}"
             return (f"  {key}   read a corrupt chunk written by {pkey} ({rec.error.message})\n"
@@ -60,7 +66,7 @@ def _freed_inputs(specs: list[UnitSpec], by_key: dict[str, UnitSpec], ledger: Le
             continue
         need[key] = spec
         stack.extend(spec.deps)
-    return sorted(need.values(), key=lambda s: STAGES.index(s.stage))
+    return sorted(need.values(), key=lambda s: STAGE_NAMES.index(s.stage))
 
 
 @flow(name="scopeflow-suite", flow_run_name="suite:{config_path}", validate_parameters=True, persist_result=False)
@@ -76,13 +82,13 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     ledger = Ledger(root)
     state = RunState()
     summary: dict[str, dict[str, int]] = {}
-    plan: dict[str, list[UnitSpec]] = {"tokenize": tokenize_units(cfg)}
+    plan = plan_suite(cfg, prepared.layers, prepared.model_name, None)
     by_key: dict[str, UnitSpec] = {}
 
     def run(stage: str, specs: list[UnitSpec]) -> None:
         pending = select(specs, ledger, state, selectors)
         restore = _freed_inputs(pending, by_key, ledger)
-        for up in STAGES:
+        for up in STAGE_NAMES:
             batch = [s for s in restore if s.stage == up]
             if batch:
                 logger.info("%s: restoring %d freed unit(s) that %s needs", up, len(batch), stage)
@@ -99,31 +105,32 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
         row["blocked"] += sum(s.key in state.blocked for s in specs)
         logger.info("%s: %s", stage, row)
 
+    first, *rest = STAGE_NAMES
     started_ray = init_ray(cfg.orchestration)
     try:
-        run("tokenize", plan["tokenize"])
+        run(first, plan[first])
         if not state.failed:
-            n_train = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]
-            waves = suite_waves(cfg, prepared.layers, n_train)
-            plan.update(downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
-                                         prepared.model_name, plan["tokenize"][0], waves))
+            plan = plan_suite(cfg, prepared.layers, prepared.model_name, n_train_seqs(root))
             by_key = {s.key: s for specs in plan.values() for s in specs}
-            for w in range(len(waves)):
+            waves = sorted({s.wave for name in WAVE_STAGES for s in plan[name]})
+            for w in waves:
                 if len(waves) > 1:
-                    logger.info("wave %d of %d: %s", w + 1, len(waves), waves[w])
-                for stage in ("extract", "shuffle", "train", "evaluate"):
-                    run(stage, [s for s in plan[stage] if s.wave == w])
+                    groups = [(s.site, s.layer) for s in plan[WAVE_STAGES[-1]] if s.wave == w]
+                    logger.info("wave %d of %d: %s", w + 1, len(waves), describe_groups(groups))
+                for name in WAVE_STAGES:
+                    run(name, [s for s in plan[name] if s.wave == w])
                 if cfg.storage.budget_bytes is not None and not cfg.storage.keep_activations:
                     _free_wave(plan, w, ledger, logger)
-            run("report", plan["report"])
+            for name in rest:
+                if name not in WAVE_STAGES:
+                    run(name, plan[name])
     finally:
         if started_ray:
-            import ray
             ray.shutdown()
     result = {"stages": summary, "root": root.url, "ran": sorted(state.ran), "failed": sorted(state.failed),
-              "blocked": sorted(state.blocked), "report": root.path("report/index.html")}
+              "blocked": sorted(state.blocked), "report": root.path(REPORT_INDEX)}
     _publish_artifacts(result)
-    if "evaluate" in plan and "report:suite" not in state.failed | state.blocked:
+    if "evaluate" in plan and f"report:{SUITE_UNIT}" not in state.failed | state.blocked:
         _publish_metrics(root, [(u.site, u.layer) for u in plan["evaluate"]])
     if state.failed:
         lines = [failure_line(config_path, k, ledger) for k in sorted(state.failed)]
@@ -133,17 +140,19 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
 
 
 def _free_wave(plan: dict[str, list[UnitSpec]], wave: int, ledger: Ledger, logger) -> None:
-    """Delete a wave's extracted and shuffled activations once every SAE of it is evaluated; a wave with a
-    failed unit keeps them, so re-running it needs no re-extraction."""
+    """Delete a wave's freeable outputs (its activations) once every unit of the wave that keeps its outputs
+    is complete; a wave with a failed unit keeps them, so re-running it needs no re-extraction."""
+    kept = [name for name in WAVE_STAGES if not STAGES[name].freed_by_wave]
     done = all(ledger.is_complete(s.stage, s.unit, s.fingerprint)
-               for stage in ("train", "evaluate") for s in plan[stage] if s.wave == wave)
+               for name in kept for s in plan[name] if s.wave == wave)
     if not done:
         logger.warning("wave %d: not every SAE is evaluated; its activations are kept", wave + 1)
         return
-    for stage in ("shuffle", "extract"):
-        for s in plan[stage]:
-            if s.wave == wave:
-                ledger.free(s.stage, s.unit)
+    for name in reversed(WAVE_STAGES):
+        if STAGES[name].freed_by_wave:
+            for s in plan[name]:
+                if s.wave == wave:
+                    ledger.free(s.stage, s.unit)
     logger.info("wave %d: activations freed", wave + 1)
 
 
@@ -158,9 +167,6 @@ def _publish_artifacts(result: dict) -> None:
 
 
 def _publish_metrics(root, keys: list[tuple[str, int]]) -> None:
-    from tasks.report import collect_metrics
-    from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
-
     rows = [dict(zip(TABLE_COLUMNS, r)) for r in format_table_rows(sorted_rows(collect_metrics(root, keys)))]
     create_table_artifact(rows, key="scopeflow-metrics", description="every SAE of the suite, on held-out tokens")
 
@@ -170,6 +176,5 @@ def rerun_flow(config_path: str = DEFAULT_CONFIG, stage: str = "train", site: st
                layer: int | None = None, shard: int | None = None, wave: int | None = None) -> dict:
     """Force one stage's units (optionally one site and/or layer, or one storage wave's, or one extract shard)
     and everything downstream of them."""
-    if stage not in STAGES:
-        raise ValueError(f"--stage: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+    get_stage(stage)
     return suite_flow(config_path, rerun=[{"stage": stage, "site": site, "layer": layer, "wave": wave, "shard": shard}])

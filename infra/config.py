@@ -7,10 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class OrchestrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ray_address: str | None = Field(None, description="existing Ray cluster (ray://head:10001); None: local")
+    ray_address: str | None = Field(None, description="existing Ray cluster ('auto' inside it); None: local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
-    cpus_per_unit: dict[str, float] = Field(default_factory=lambda: {"tokenize": 1, "extract": 1, "shuffle": 1,
-                                                                     "train": 1, "evaluate": 1, "report": 1})
+    cpus_per_unit: dict[str, float] = Field(default_factory=dict, description="per stage, over the stage "
+                                                                              "registry's default of 1")
     gpus_per_unit: dict[str, float] = Field(default_factory=dict, description="e.g. {extract: 1, train: 1}")
     task_retries: int = Field(1, ge=0, description="Prefect retries of a unit that raised")
     retry_delay_seconds: list[float] = Field(default_factory=lambda: [2.0, 10.0])

@@ -1,7 +1,7 @@
 """One Prefect server for a run, so every Ray worker reports to it.
 
 Without a running server each worker starts a temporary server of its own and SQLite reports "database is
-locked" (DESIGN section 8). This module never imports prefect: Prefect reads PREFECT_API_URL when it is
+locked" (docs/architecture.md, "Pitfalls of this stack"). This module never imports prefect: Prefect reads PREFECT_API_URL when it is
 imported, so the server must be up and the variable set before that.
 """
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Starting or joining Ray for a run, with settings measured to work here (DESIGN section 8)."""
+"""Starting or joining Ray for a run, with settings measured to work here (docs/architecture.md, "How a unit runs")."""
 from __future__ import annotations
 
 import os
+
+import ray
 
 from infra.config import OrchestrationConfig
 
@@ -13,8 +15,6 @@ _FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTIC
 def init_ray(cfg: OrchestrationConfig) -> bool:
     """Initialise Ray once per driver; the stage flows' RayTaskRunners reuse it. Returns whether this call
     started it (and so should shut it down)."""
-    import ray
-
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # Ray 2.60 enables token auth on new local instances

@@ -1,5 +1,5 @@
 """Sparse autoencoders -- JumpReLU and its TopK and ReLU + L1 baselines -- the sweep trainer with
-checkpoint/resume, metrics and release formats (DESIGN section 5).
+checkpoint/resume, metrics and release formats (docs/architecture.md, "The SAE math").
 
 Pure torch + numpy + safetensors + pydantic, so the same code runs inside a Ray worker, a test, or a
 notebook without the orchestration stack.

@@ -74,7 +74,7 @@ class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
 
     @classmethod
     def setting_slug(cls, sparsity: float) -> str:
-        """The folder name of one sparsity setting, e.g. `lambda_0.01` (DESIGN's name for JumpReLU)."""
+        """The folder name of one sparsity setting, e.g. `lambda_0.01` (the Gemma Scope layout's name for JumpReLU)."""
         return f"{cls.setting_prefix}{sparsity:g}"
 
     @classmethod

@@ -1,6 +1,6 @@
 """Training hyper-parameters for one (site, layer): every width x lambda SAE shares them.
 
-Defaults are Gemma Scope's (DESIGN section 5), so a suite config only states what it changes.
+Defaults are Gemma Scope's (docs/architecture.md, "The SAE math"), so a suite config only states what it changes.
 """
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def save_saelens(
     """Write cfg.json and sae_weights.safetensors as SAE.save_model does in SAELens v6.
 
     `exclude_special_tokens` is true in the metadata because activations here skip BOS, EOS and padding
-    (DESIGN section 3); `extra_metadata` (dataset_path, say) is merged over the defaults.
+    (docs/architecture.md, "The run layout"); `extra_metadata` (dataset_path, say) is merged over the defaults.
     """
     cfg = saelens_cfg(sae, model_name=model_name, hook_name=hook_name, context_size=context_size,
                       prepend_bos=prepend_bos, dtype=dtype, extra_metadata=extra_metadata)

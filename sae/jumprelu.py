@@ -1,4 +1,4 @@
-"""The JumpReLU SAE and the straight-through estimators that let its threshold learn (DESIGN section 5).
+"""The JumpReLU SAE and the straight-through estimators that let its threshold learn (docs/architecture.md).
 
 The threshold enters the forward pass only through a step function, whose true derivative is zero almost
 everywhere; the estimators below replace it with a rectangle-kernel density estimate of width `bandwidth`,

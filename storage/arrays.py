@@ -1,4 +1,4 @@
-"""Zarr arrays in the run's public format (DESIGN section 3).
+"""Zarr arrays in the run's public format (docs/architecture.md, "The run layout").
 
 Every array carries a crc32c checksum codec so a corrupted chunk fails loudly on read. bfloat16 has no zarr
 dtype: it is stored as its raw bits in a uint16 array with attribute `"dtype": "bfloat16"`, so any zarr
@@ -56,6 +56,11 @@ class CorruptChunkError(ValueError):
     def __init__(self, path: str, chunk: int, rows: tuple[int, int], detail: str):
         self.path, self.chunk, self.rows = path, chunk, rows
         super().__init__(f"{path}: chunk {chunk} (rows {rows[0]}-{rows[1] - 1}) is corrupt: {detail}")
+
+    @property
+    def facts(self) -> dict:
+        """What the ledger records as fields, so the run finds the chunk's producer without parsing text."""
+        return {"path": self.path, "chunk": self.chunk, "rows": list(self.rows)}
 
 
 def array_path(array: zarr.Array) -> str:

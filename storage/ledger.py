@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from storage import layout
 from storage.root import StorageRoot
 
 Status = Literal["running", "complete", "failed"]
@@ -22,6 +23,8 @@ class UnitError(BaseModel):
     type: str
     message: str
     traceback: str = ""
+    facts: dict[str, Any] = Field(default_factory=dict, description="what the run reasons about, as fields "
+                                                                     "(a corrupt chunk's array path and index)")
 
 
 class UnitRecord(BaseModel):
@@ -57,7 +60,7 @@ class Ledger:
 
     @staticmethod
     def record_path(stage: str, unit: str) -> str:
-        return f"state/{stage}/{unit}.json"
+        return layout.unit_record(stage, unit)
 
     def get(self, stage: str, unit: str) -> UnitRecord | None:
         path = self.record_path(stage, unit)
@@ -106,7 +109,7 @@ class Ledger:
         return self._put(done)
 
     def fail(self, record: UnitRecord, exc: BaseException) -> UnitRecord:
-        err = UnitError(type=type(exc).__name__, message=str(exc),
+        err = UnitError(type=type(exc).__name__, message=str(exc), facts=getattr(exc, "facts", {}),
                         traceback="".join(traceback.format_exception(exc))[-4000:])
         return self._put(record.model_copy(update=dict(status="failed", ended_at=_now(), error=err)))
 
@@ -123,7 +126,7 @@ class Ledger:
 
     def records(self, stage: str) -> list[UnitRecord]:
         """Every record of a stage; unit ids may contain '/' (site/layer), so walk the folder."""
-        base = f"state/{stage}"
+        base = layout.stage_records(stage)
         out: list[UnitRecord] = []
         fs, prefix = self.root.fs, self.root.fs_path(base)
         if not fs.exists(prefix):

@@ -12,7 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from tasks.config import StagesConfig
+from tasks.lm.model import load_config, resolve_model_path
+from tasks.registry import STAGE_NAMES, STAGES
 
 # config.json of the public Gemma 2 base checkpoints (the fields a plan needs), so a plan for them works
 # offline; a test checks them against transformers' own Gemma2Config.
@@ -62,10 +66,6 @@ class ModelShape:
 
 def load_shape(model_cfg) -> tuple[ModelShape, str]:
     """The model's shape and where it came from."""
-    from transformers import AutoConfig
-
-    from tasks.model import load_config, resolve_model_path
-
     known = KNOWN_CONFIGS.get(model_cfg.name_or_path)
     try:
         if known is not None:  # a cached download if there is one, without waiting on the network
@@ -206,19 +206,19 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     ex_rate = None if rates is None else rates.extract_flops_per_s
     shuffle_hours = None if rates is None or rates.shuffle_bytes_per_s is None else \
         act_bytes / rates.shuffle_bytes_per_s / 3600
-    stages = [
-        dict(stage="tokenize", units=1, bytes=(n_train_seqs + n_eval) * ctx * 4, objects=4, flops=0.0,
-             hours=None, resource="CPU"),
-        dict(stage="extract", units=shards * len(waves), bytes=act_bytes, objects=act_objects, flops=extract_flops,
-             hours=hours(extract_flops, ex_rate), resource="GPU"),
-        dict(stage="shuffle", units=len(groups), bytes=act_bytes, objects=shuf_objects, flops=0.0,
-             hours=shuffle_hours, resource="CPU"),
-        dict(stage="train", units=len(groups), bytes=sae_total, objects=len(groups) * n_saes * 4, flops=train_flops,
-             hours=train_hours, resource="GPU"),
-        dict(stage="evaluate", units=len(groups), bytes=len(groups) * 4096, objects=len(groups), flops=eval_flops,
-             hours=hours(eval_flops, ex_rate), resource="GPU"),
-        dict(stage="report", units=1, bytes=None, objects=None, flops=0.0, hours=None, resource="CPU"),
-    ]
+    estimates = {
+        "tokenize": dict(units=1, bytes=(n_train_seqs + n_eval) * ctx * 4, objects=4, flops=0.0, hours=None),
+        "extract": dict(units=shards * len(waves), bytes=act_bytes, objects=act_objects, flops=extract_flops,
+                        hours=hours(extract_flops, ex_rate)),
+        "shuffle": dict(units=len(groups), bytes=act_bytes, objects=shuf_objects, flops=0.0, hours=shuffle_hours),
+        "train": dict(units=len(groups), bytes=sae_total, objects=len(groups) * n_saes * 4, flops=train_flops,
+                      hours=train_hours),
+        "evaluate": dict(units=len(groups), bytes=len(groups) * 4096, objects=len(groups), flops=eval_flops,
+                         hours=hours(eval_flops, ex_rate)),
+        "report": dict(units=1, bytes=None, objects=None, flops=0.0, hours=None),
+    }
+    stages = [dict(stage=name, resource="GPU" if STAGES[name].uses_gpu else "CPU", **estimates[name])
+              for name in STAGE_NAMES]
     wave_rows = [dict(wave=i, groups=w, bytes=sum(bytes_of[g] for g in w)) for i, w in enumerate(waves)]
     return dict(stages=stages, waves=wave_rows, n_train_seqs=n_train_seqs, tokens=n_train_seqs * ctx, rows=rows,
                 saes=n_saes * len(groups), site_layers=len(groups),

@@ -630,7 +630,7 @@ def pack_sequences(docs_ids: list[list[int]], ctx: int, bos_id: int, eos_id: int
     tensors: the model is trained on exactly what it will later be probed with."""
     import torch
 
-    from tasks.tokenize import pack_sequences as pack_rows
+    from tasks.lm.packing import pack_sequences as pack_rows
 
     return torch.from_numpy(pack_rows(docs_ids, ctx, bos_id, eos_id).astype("int64"))
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from sae import load_gemma_scope_npz, save_saelens
+from storage import layout
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.evaluate import evaluate_saes, shuffle_stats, write_parquet
-from tasks.sites import TL_HOOKS
-from tasks.tokenize import TOKENS_EVAL
+from tasks.lm.sites import TL_HOOKS
+from tasks.stages.evaluate import evaluate_saes, shuffle_stats, write_parquet
 
 RELEASE_PATTERN = re.compile(r"layer_(\d+)/width_([0-9]+[km]?)/average_l0_(\d+)/params\.npz")
 
@@ -54,19 +54,11 @@ def scan_release(folder: str | Path) -> list[ReleaseSAE]:
     return sorted(found, key=lambda r: (r.layer, r.width_label, r.average_l0))
 
 
-def import_dir(name: str, site: str, sae: ReleaseSAE) -> str:
-    return f"imports/{name}/{site}/{sae.rel}"
-
-
-def import_eval_path(name: str, site: str, layer: int) -> str:
-    return f"imports/{name}/evals/{site}/layer_{layer}.parquet"
-
-
 def import_release(cfg: StagesConfig, folder: str | Path, site: str, name: str, root: StorageRoot,
                    d_in: int, n_layers: int, model_name: str) -> list[dict]:
     """Copy, convert and evaluate every SAE of the release; returns the evaluation rows (also written)."""
-    if not root.exists(f"{TOKENS_EVAL}/zarr.json"):
-        raise FileNotFoundError(f"{root.path(TOKENS_EVAL)}: no held-out tokens yet; run the suite's tokenize "
+    if not root.exists(f"{layout.TOKENS_EVAL}/zarr.json"):
+        raise FileNotFoundError(f"{root.path(layout.TOKENS_EVAL)}: no held-out tokens yet; run the suite's tokenize "
                                 "stage first (scopeflow run CONFIG)")
     release = scan_release(folder)
     saes = {}
@@ -89,13 +81,13 @@ def import_release(cfg: StagesConfig, folder: str | Path, site: str, name: str, 
                 save_saelens(saes[item], out, model_name=model_name, hook_name=TL_HOOKS[site].format(L=layer),
                              context_size=cfg.corpus.ctx, extra_metadata={"scopeflow_source": name,
                                                                            "release_path": item.rel})
-                root.upload_dir(out, import_dir(name, site, item))
+                root.upload_dir(out, layout.import_sae_dir(name, site, item.rel))
         stats = shuffle_stats(site, layer, root)
         mean = torch.tensor(stats["mean"], dtype=torch.float64) if stats else None
         layer_rows, _ = evaluate_saes(cfg, site, layer, [saes[i] for i in items], root, dataset_mean=mean)
         for row, item in zip(layer_rows, items):
             row.update({"source": name, "width_label": item.width_label, "average_l0_label": item.average_l0,
-                        "fvu_mean": "train" if stats else "held-out", "sae_path": import_dir(name, site, item)})
-        write_parquet(root, import_eval_path(name, site, layer), layer_rows)
+                        "fvu_mean": "train" if stats else "held-out", "sae_path": layout.import_sae_dir(name, site, item.rel)})
+        write_parquet(root, layout.import_eval_table(name, site, layer), layer_rows)
         rows.extend(layer_rows)
     return rows

@@ -14,7 +14,10 @@ import yaml
 
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tasks.plan import STAGES
+from tasks.execute import run_unit
+from tasks.plan import plan_suite
+from tasks.registry import STAGE_NAMES
+from tasks.stages.tokenize import n_train_seqs
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -120,8 +123,21 @@ def s3_endpoint():
 
 def end_times(root: StorageRoot) -> dict[str, str]:
     ledger = Ledger(root)
-    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in STAGES for r in ledger.records(s)}
+    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in STAGE_NAMES for r in ledger.records(s)}
 
 
 def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {k for k in after if before.get(k) != after[k]}
+
+
+def run_suite_in_process(cfg, prepared) -> dict:
+    """Every unit of the suite's plan, in registry order, in this process: the flows' unit bookkeeping
+    without Prefect or Ray. Returns the plan."""
+    first = STAGE_NAMES[0]
+    for spec in plan_suite(cfg, prepared.layers, prepared.model_name, None)[first]:
+        run_unit(cfg, spec, prepared.root)
+    plan = plan_suite(cfg, prepared.layers, prepared.model_name, n_train_seqs(prepared.root))
+    for stage in STAGE_NAMES[1:]:
+        for spec in plan[stage]:
+            run_unit(cfg, spec, prepared.root)
+    return plan

@@ -34,7 +34,7 @@ def test_waves_fit_the_budget_in_layer_order():
 def test_plan_bounds_what_the_tiny_suite_writes(tmp_path, embedded_assets):
     """The planned bytes are an upper bound within a few percent of a real extraction (the plan cannot know
     how many EOS tokens the corpus holds)."""
-    from tasks.model import load_config
+    from tasks.lm.model import load_config
 
     cfg = SuiteConfig.model_validate(small_suite_dict(tmp_path))
     shape = ModelShape.from_hf_config(load_config(cfg.model))

@@ -15,10 +15,7 @@ import zarr
 from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from storage.root import StorageRoot
-from tasks.execute import run_unit
-from tasks.extract import n_shards
-from tasks.plan import downstream_units, tokenize_units
-from tests.conftest import S3_KEY_ID, S3_SECRET, api_post, scopeflow, small_suite_dict, write_config
+from tests.conftest import S3_KEY_ID, S3_SECRET, api_post, run_suite_in_process, scopeflow, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +47,7 @@ def _run_in_process(cfg_dict: dict) -> StorageRoot:
 def _run_units(cfg_dict: dict) -> StorageRoot:
     cfg = SuiteConfig.model_validate(cfg_dict)
     prepared = prepare_suite(cfg, "local-reference")
-    tok = tokenize_units(cfg)[0]
-    run_unit(cfg, tok, prepared.root)
-    n_train = zarr.open_array(store=prepared.root.zarr_store("tokens/train"), mode="r").shape[0]
-    plan = downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
-                            prepared.model_name, tok)
-    for stage in ("extract", "shuffle", "train", "evaluate", "report"):
-        for spec in plan[stage]:
-            run_unit(cfg, spec, prepared.root)
+    run_suite_in_process(cfg, prepared)
     return prepared.root
 
 

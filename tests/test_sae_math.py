@@ -1,4 +1,4 @@
-"""The JumpReLU math of DESIGN section 5: forward values, straight-through gradients, folding, the
+"""The JumpReLU math of docs/architecture.md ("The SAE math"): forward values, straight-through gradients, folding, the
 decoder constraints, schedules, the multi-SAE trainer and the streaming metrics."""
 from __future__ import annotations
 

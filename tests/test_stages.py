@@ -14,15 +14,16 @@ from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from sae import load_gemma_scope_npz, load_saelens
 from storage.arrays import read_rows
-from tasks.evaluate import eval_path
+from storage.layout import activation_shard as shard_group
+from storage.layout import eval_table as eval_path
+from storage.layout import import_eval_table as import_eval_path
+from storage.layout import shuffled as shuffled_group
 from tasks.execute import run_unit
-from tasks.extract import n_shards, shard_group
-from tasks.model import load_model, load_tokenizer
-from tasks.plan import downstream_units, tokenize_units
-from tasks.shuffle import shuffled_group
+from tasks.stages.extract import n_shards
+from tasks.lm.model import load_model, load_tokenizer
 from sae import SweepPoint
-from tasks.train import sae_dir
-from tests.conftest import small_suite_dict
+from tasks.stages.train import sae_dir
+from tests.conftest import run_suite_in_process, small_suite_dict
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +33,7 @@ def suite(tmp_path_factory, embedded_assets):
     cfg = SuiteConfig.model_validate(small_suite_dict(tmp))
     prepared = prepare_suite(cfg, "test")
     root = prepared.root
-    tok_unit = tokenize_units(cfg)[0]
-    run_unit(cfg, tok_unit, root)
-    n_train = zarr.open_array(store=root.zarr_store("tokens/train"), mode="r").shape[0]
-    plan = downstream_units(cfg, prepared.layers, n_shards(n_train, cfg.extract.seqs_per_shard),
-                            prepared.model_name, tok_unit)
-    for stage in ("extract", "shuffle", "train", "evaluate", "report"):
-        for spec in plan[stage]:
-            run_unit(cfg, spec, root)
+    plan = run_suite_in_process(cfg, prepared)
     return cfg, prepared, plan
 
 
@@ -70,7 +64,7 @@ def test_extract_rows_match_a_direct_forward_pass(suite):
     special = [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]
     assert x.shape[0] == int((~np.isin(tokens, special)).sum())
     assert not np.isin(tokens[index[:, 0], index[:, 1]], special).any()
-    # a hand-written hook on the HF module, independent of tasks.sites
+    # a hand-written hook on the HF module, independent of tasks.lm.sites
     grabbed = {}
     h = model.model.layers[2].post_feedforward_layernorm.register_forward_hook(lambda m, a, o: grabbed.update(o=o))
     with torch.no_grad():
@@ -194,7 +188,6 @@ def test_a_gemma_scope_release_is_imported_and_evaluated_like_the_suites_own(sui
     import yaml
 
     from flows.cli import main
-    from tasks.release_import import import_eval_path
 
     cfg, prepared, _ = suite
     root = prepared.root

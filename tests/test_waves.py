@@ -10,7 +10,7 @@ from flows.schedule import Selector
 from flows.suite import rerun_command
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tasks.plan import UnitSpec
+from tasks.units import UnitSpec
 from tests.conftest import changed, end_times, scopeflow, small_suite_dict, write_config
 
 

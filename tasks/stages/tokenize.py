@@ -6,30 +6,32 @@ random sample of the corpus.
 from __future__ import annotations
 
 import numpy as np
+import zarr
 
 from storage.arrays import create_array
+from storage.fingerprint import fingerprint
+from storage.layout import TOKENS_EVAL, TOKENS_TRAIN
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.corpus import expand_paths, read_documents
-from tasks.model import load_tokenizer
+from tasks.lm.corpus import expand_paths, read_documents
+from tasks.lm.model import load_tokenizer
+from tasks.lm.packing import pack_sequences
+from tasks.units import FORMAT_VERSION, UnitResult, UnitSpec
 
-TOKENS_TRAIN = "tokens/train"
-TOKENS_EVAL = "tokens/eval"
-
-
-def pack_sequences(docs_ids: list[list[int]], ctx: int, bos: int, eos: int) -> np.ndarray:
-    """Concatenate documents (each closed by EOS) and cut into rows of BOS + (ctx-1) tokens; the
-    incomplete tail is dropped."""
-    stream = np.fromiter((t for ids in docs_ids for t in (*ids, eos)), dtype=np.int64)
-    body = ctx - 1
-    n = len(stream) // body
-    rows = np.empty((n, ctx), dtype=np.int32)
-    rows[:, 0] = bos
-    rows[:, 1:] = stream[: n * body].reshape(n, body)
-    return rows
+CORPUS_UNIT = "corpus"
 
 
-def tokenize_corpus(cfg: StagesConfig, root: StorageRoot) -> dict:
+def plan_units(cfg: StagesConfig) -> list[UnitSpec]:
+    """One unit for the whole corpus, planned before anything else exists."""
+    fp = fingerprint("tokenize", FORMAT_VERSION, cfg.seed, cfg.corpus, cfg.model.name_or_path, cfg.model.revision)
+    return [UnitSpec(stage="tokenize", unit=CORPUS_UNIT, fingerprint=fp)]
+
+
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
+    return tokenize_corpus(cfg, root)
+
+
+def tokenize_corpus(cfg: StagesConfig, root: StorageRoot) -> UnitResult:
     tok = load_tokenizer(cfg.model)
     if tok.bos_token_id is None or tok.eos_token_id is None:
         raise ValueError(f"model.name_or_path: tokenizer of {cfg.model.name_or_path} has no BOS/EOS token")
@@ -61,6 +63,13 @@ def tokenize_corpus(cfg: StagesConfig, root: StorageRoot) -> dict:
                            (max(1, min(len(data), 65536 // cfg.corpus.ctx)), cfg.corpus.ctx),
                            attributes=attrs, compress=True)
         arr[:] = data
-    return {"outputs": [TOKENS_TRAIN, TOKENS_EVAL],
-            "metrics": {"n_docs": n_docs, "n_train_seqs": int(len(train_rows)), "n_eval_seqs": int(len(eval_rows)),
-                        "n_train_tokens": int(train_rows.size)}}
+    return UnitResult(outputs=[TOKENS_TRAIN, TOKENS_EVAL],
+                      metrics={"n_docs": n_docs, "n_train_seqs": int(len(train_rows)),
+                               "n_eval_seqs": int(len(eval_rows)), "n_train_tokens": int(train_rows.size)})
+
+
+def n_train_seqs(root: StorageRoot) -> int | None:
+    """How many train sequences the root holds; None before tokenize has written them."""
+    if not root.exists(f"{TOKENS_TRAIN}/zarr.json"):
+        return None
+    return zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r").shape[0]

@@ -17,18 +17,31 @@ import torch.nn.functional as F
 import zarr
 
 from sae import SAEMetrics, SparseAutoencoder, load_saelens, sweep_points
+from storage import layout
+from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.extract import keep_mask
-from tasks.model import load_model, load_tokenizer, pick_device, special_token_ids
-from tasks.shuffle import shuffled_group
-from tasks.sites import ActivationCapture, site_hooks
-from tasks.tokenize import TOKENS_EVAL
-from tasks.train import sae_dir
+from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
+from tasks.lm.sites import ActivationCapture, site_hooks
+from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
 
-def eval_path(site: str, layer: int) -> str:
-    return f"evals/{site}/layer_{layer}.parquet"
+def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
+    """One unit per (site, layer): its trained SAEs on the held-out tokens."""
+    cfg, tokenize = ctx.cfg, planned["tokenize"][0]
+    train = {u.unit: u for u in planned["train"]}
+    units = []
+    for site, layer, w in ctx.groups():
+        tr = train[layout.site_layer(site, layer)]
+        units.append(UnitSpec(stage="evaluate", unit=tr.unit, site=site, layer=layer, wave=w,
+                              deps=[tr.key, tokenize.key],
+                              fingerprint=fingerprint("evaluate", FORMAT_VERSION, tr.fingerprint, tokenize.fingerprint,
+                                                      cfg.model, cfg.evaluate)))
+    return units
+
+
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
+    return evaluate_site_layer(cfg, spec.site, spec.layer, root)
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, special: set[int]) -> tuple[float, int]:
@@ -50,13 +63,13 @@ def reconstruct_hook(sae: SparseAutoencoder, tokens: torch.Tensor, bos: int):
 
 
 def load_eval_tokens(cfg: StagesConfig, root: StorageRoot) -> np.ndarray:
-    tokens = zarr.open_array(store=root.zarr_store(TOKENS_EVAL, read_only=True), mode="r")[:]
+    tokens = zarr.open_array(store=root.zarr_store(layout.TOKENS_EVAL, read_only=True), mode="r")[:]
     return tokens[: cfg.evaluate.n_seqs] if cfg.evaluate.n_seqs else tokens
 
 
 def shuffle_stats(site: str, layer: int, root: StorageRoot) -> dict | None:
     """The training data's statistics, when the suite shuffled this (site, layer)."""
-    group = shuffled_group(site, layer)
+    group = layout.shuffled(site, layer)
     if not root.exists(f"{group}/zarr.json"):
         return None
     return dict(zarr.open_group(store=root.zarr_store(group, read_only=True), mode="r").attrs)
@@ -123,28 +136,28 @@ def write_parquet(root: StorageRoot, rel: str, rows: list[dict]) -> None:
         root.write_bytes(rel, local.read_bytes())
 
 
-def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> dict:
+def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> UnitResult:
     stats = shuffle_stats(site, layer, root)
     if stats is None:
-        raise FileNotFoundError(f"{shuffled_group(site, layer)}: no shuffled activations to take the dataset mean from")
+        raise FileNotFoundError(f"{layout.shuffled(site, layer)}: no shuffled activations to take the dataset mean from")
     points = sweep_points(cfg.sae)
     saes, lasts = [], []
     for point in points:
-        rel = sae_dir(site, layer, point)
+        rel = layout.sae_dir(site, layer, point.width, point.slug)
         with tempfile.TemporaryDirectory() as tmp:
             local = root.download_dir(rel, Path(tmp) / "sae")
             saes.append(load_saelens(local)[0])
-            log = pq.read_table(local / "train_log.parquet").to_pylist()
+            log = pq.read_table(local / layout.TRAIN_LOG).to_pylist()
         lasts.append(log[-1] if log else {})
     rows, clean_loss = evaluate_saes(cfg, site, layer, saes, root,
                                      dataset_mean=torch.tensor(stats["mean"], dtype=torch.float64))
     for row, point, last in zip(rows, points, lasts):
         row.update({"sparsity": float(point.sparsity),
-                    "lambda": float(point.sparsity) if point.architecture == "jumprelu" else None,
+                    "lambda": float(point.sparsity) if point.cls.sparsity_field == "lambdas" else None,
                     "train_steps": int(last.get("step", 0)), "train_tokens": int(last.get("tokens", 0)),
-                    "sae_path": sae_dir(site, layer, point)})
-    out = eval_path(site, layer)
+                    "sae_path": layout.sae_dir(site, layer, point.width, point.slug)})
+    out = layout.eval_table(site, layer)
     write_parquet(root, out, rows)
-    return {"outputs": [out], "metrics": {"clean_loss": clean_loss,
-                                          "saes": {r["sae_path"]: {k: r[k] for k in ("l0", "fvu", "delta_loss")}
-                                                   for r in rows}}}
+    return UnitResult(outputs=[out], metrics={"clean_loss": clean_loss,
+                                              "saes": {r["sae_path"]: {k: r[k] for k in ("l0", "fvu", "delta_loss")}
+                                                       for r in rows}})

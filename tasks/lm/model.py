@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tasks.config import ModelConfig
@@ -72,3 +73,8 @@ def special_token_ids(tokenizer) -> set[int]:
     """Positions holding these are never activation rows nor predicted targets (as Gemma Scope)."""
     ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     return {int(i) for i in ids if i is not None}
+
+
+def keep_mask(tokens: np.ndarray, special: set[int]) -> np.ndarray:
+    """Activation rows and spliced positions are tokens that are not BOS, EOS or padding (as Gemma Scope)."""
+    return ~np.isin(tokens, np.fromiter(special, dtype=tokens.dtype))

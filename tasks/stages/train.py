@@ -16,20 +16,36 @@ import pyarrow.parquet as pq
 import zarr
 
 from sae import SweepPoint, save_gemma_scope_npz, save_saelens, train_saes
+from storage import layout
 from storage.arrays import DecodedRows
+from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.model import pick_device
-from tasks.shuffle import shuffled_group
-from tasks.sites import TL_HOOKS
+from tasks.lm.model import pick_device
+from tasks.lm.sites import TL_HOOKS
+from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
 
 def sae_dir(site: str, layer: int, point: SweepPoint) -> str:
-    return f"saes/{site}/layer_{layer}/width_{point.width}/{point.slug}"
+    """The run-layout folder of one SAE of the sweep."""
+    return layout.sae_dir(site, layer, point.width, point.slug)
 
 
-def checkpoint_path(site: str, layer: int) -> str:
-    return f"checkpoints/{site}/layer_{layer}/state.pt"
+def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
+    """One unit per (site, layer): its whole sweep on the one shuffled stream."""
+    shuffle = {u.unit: u for u in planned["shuffle"]}
+    units = []
+    for site, layer, w in ctx.groups():
+        sh = shuffle[layout.site_layer(site, layer)]
+        units.append(UnitSpec(stage="train", unit=sh.unit, site=site, layer=layer, wave=w, deps=[sh.key],
+                              model_name=ctx.model_name,
+                              fingerprint=fingerprint("train", FORMAT_VERSION, sh.fingerprint,
+                                                      ctx.cfg.sae.shaping_fields(), ctx.cfg.corpus.ctx)))
+    return units
+
+
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
+    return train_site_layer(cfg, spec.site, spec.layer, spec.model_name, root)
 
 
 class RootCheckpoint:
@@ -51,15 +67,15 @@ def norm_scale(attrs: dict) -> float:
     return math.sqrt(attrs["mean_sq_norm"])
 
 
-def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, root: StorageRoot) -> dict:
-    group = zarr.open_group(store=root.zarr_store(shuffled_group(site, layer), read_only=True), mode="r")
+def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, root: StorageRoot) -> UnitResult:
+    group = zarr.open_group(store=root.zarr_store(layout.shuffled(site, layer), read_only=True), mode="r")
     x = DecodedRows(group["x"])
     attrs = dict(group.attrs)
     if x.shape[0] < cfg.sae.batch_size:
-        raise ValueError(f"{shuffled_group(site, layer)}: {x.shape[0]} rows, fewer than one batch "
+        raise ValueError(f"{layout.shuffled(site, layer)}: {x.shape[0]} rows, fewer than one batch "
                          f"(sae.batch_size={cfg.sae.batch_size})")
     scale = norm_scale(attrs)
-    ckpt = checkpoint_path(site, layer)
+    ckpt = layout.checkpoint(site, layer)
     trained = train_saes(x, None, cfg.sae, norm_scale=scale, device=str(pick_device(cfg.model.device)),
                          checkpoint=RootCheckpoint(root, ckpt))
     outputs, metrics = [], {}
@@ -76,10 +92,10 @@ def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, 
                                          "scopeflow_architecture": t.architecture, "sparsity": t.sparsity,
                                          "norm_scale": scale, "train_tokens": t.tokens})
             rows = [dict(r, site=site, layer=layer) for r in t.log]
-            pq.write_table(pa.Table.from_pylist(rows), folder / "train_log.parquet")
+            pq.write_table(pa.Table.from_pylist(rows), folder / layout.TRAIN_LOG)
             root.upload_dir(folder, rel)
         outputs.append(rel)
         metrics[rel.split(f"layer_{layer}/", 1)[1]] = {"steps": t.steps, "tokens": t.tokens,
                                                        "final_l0": t.log[-1]["l0"] if t.log else None}
     root.remove(ckpt.rsplit("/", 1)[0])  # every SAE is written: the Adam state (2x the parameters) is dead weight
-    return {"outputs": outputs, "metrics": {"resumed_from_step": trained[0].resumed_from, "saes": metrics}}
+    return UnitResult(outputs=outputs, metrics={"resumed_from_step": trained[0].resumed_from, "saes": metrics})

@@ -18,29 +18,43 @@ import torch
 import zarr
 
 from storage.arrays import RowWriter, create_array, encode_rows, read_block
+from storage.fingerprint import fingerprint
+from storage.layout import TOKENS_TRAIN, activation_shard, shard_name
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.model import load_model, pick_device, special_token_ids, load_tokenizer
-from tasks.sites import ActivationCapture, layer_module, site_hooks, site_width
-from tasks.tokenize import TOKENS_TRAIN
-
-
-def shard_group(site: str, layer: int, shard: int) -> str:
-    return f"activations/{site}/layer_{layer}/shard_{shard:05d}"
+from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
+from tasks.lm.sites import ActivationCapture, layer_module, site_hooks, site_width
+from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
 
 def x_label(site: str, layer: int, shard: int) -> str:
     """How errors name an activation array: its path, then the site and layer in words."""
-    return f"{shard_group(site, layer, shard)}/x ({site} layer {layer})"
+    return f"{activation_shard(site, layer, shard)}/x ({site} layer {layer})"
 
 
 def n_shards(n_train_seqs: int, seqs_per_shard: int) -> int:
     return math.ceil(n_train_seqs / seqs_per_shard)
 
 
-def keep_mask(tokens: np.ndarray, special: set[int]) -> np.ndarray:
-    """Rows are tokens that are not BOS, EOS or padding (as Gemma Scope)."""
-    return ~np.isin(tokens, np.fromiter(special, dtype=tokens.dtype))
+def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
+    """Per storage wave, one unit per shard of train sequences, running the model for that wave's groups
+    only; with one wave the unit ids are plain `shard_{s}`."""
+    cfg, tokenize = ctx.cfg, planned["tokenize"][0]
+    units = []
+    for w, groups in enumerate(ctx.waves):
+        keys = [[site, layer] for site, layer in groups]
+        prefix = "" if len(ctx.waves) == 1 else f"wave_{w:02d}/"
+        units += [
+            UnitSpec(stage="extract", unit=prefix + shard_name(s), shard=s, wave=w, deps=[tokenize.key], groups=keys,
+                     fingerprint=fingerprint("extract", FORMAT_VERSION, tokenize.fingerprint, cfg.model, keys,
+                                             cfg.extract, cfg.storage.activation_dtype, cfg.storage.chunk_rows,
+                                             cfg.storage.shard_chunks, s))
+            for s in range(ctx.n_shards)]
+    return units
+
+
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
+    return extract_shard(cfg, spec.shard, spec.groups, root)
 
 
 class _BackgroundWriter:
@@ -102,7 +116,7 @@ def _create_outputs(cfg: StagesConfig, root: StorageRoot, shard: int, keys: list
     the first forward pass overlaps it."""
     dtype, chunk, per_shard = cfg.storage.activation_dtype, cfg.storage.chunk_rows, cfg.storage.shard_chunks
     for site, layer in keys:
-        group = shard_group(site, layer, shard)
+        group = activation_shard(site, layer, shard)
         root.remove(group)
         store = root.zarr_store(group)
         zarr.open_group(store=store, mode="w", attributes={"site": site, "layer": layer, "shard": shard,
@@ -120,7 +134,7 @@ def _append_all(writers: dict, rows: dict, index_rows: np.ndarray) -> None:
         iw.append(index_rows)
 
 
-def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], root: StorageRoot) -> dict:
+def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], root: StorageRoot) -> UnitResult:
     """Activations of the shard's sequences at every (site, layer) in `keys` (one storage wave's groups)."""
     tokens_arr = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r")
     per = cfg.extract.seqs_per_shard
@@ -158,5 +172,5 @@ def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], ro
     for xw, iw in writers.values():
         xw.close()
         iw.close()
-    return {"outputs": [shard_group(site, layer, shard) for site, layer in keys],
-            "metrics": {"rows": n_rows, "seqs": int(len(tokens))}}
+    return UnitResult(outputs=[activation_shard(site, layer, shard) for site, layer in keys],
+                      metrics={"rows": n_rows, "seqs": int(len(tokens))})

@@ -13,13 +13,30 @@ import numpy as np
 import zarr
 
 from storage.arrays import create_array, decode_rows, logical_dtype, read_block, write_rows_unit
+from storage.fingerprint import fingerprint
+from storage.layout import activation_shard, shuffled, site_layer
 from storage.root import StorageRoot
 from tasks.config import SITES, StagesConfig
-from tasks.extract import shard_group
+from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
 
-def shuffled_group(site: str, layer: int) -> str:
-    return f"shuffled/{site}/layer_{layer}"
+def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
+    """One unit per (site, layer), reading every extract shard of its wave (the all-to-all edge)."""
+    cfg = ctx.cfg
+    units = []
+    for site, layer, w in ctx.groups():
+        sources = [u for u in planned["extract"] if u.wave == w]
+        units.append(UnitSpec(stage="shuffle", unit=site_layer(site, layer), site=site, layer=layer, wave=w,
+                              deps=[u.key for u in sources], n_shards=ctx.n_shards,
+                              fingerprint=fingerprint("shuffle", FORMAT_VERSION, [u.fingerprint for u in sources],
+                                                      cfg.shuffle.bucket_rows, cfg.sae.batch_size,
+                                                      cfg.storage.shard_chunks, cfg.seed, site, layer)))
+    return units
+
+
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
+    # the source fingerprint ties the shuffled data to the exact shards it came from
+    return shuffle_site_layer(cfg, spec.site, spec.layer, spec.n_shards, spec.fingerprint, root)
 
 
 class _ConcatRows:
@@ -60,17 +77,17 @@ def bucket_rows(requested: int, chunk: int) -> int:
 
 
 def shuffle_site_layer(cfg: StagesConfig, site: str, layer: int, n_shards: int, source_fingerprint: str,
-                       root: StorageRoot) -> dict:
+                       root: StorageRoot) -> UnitResult:
     xs, idxs = [], []
     for s in range(n_shards):
-        g = zarr.open_group(store=root.zarr_store(shard_group(site, layer, s), read_only=True), mode="r")
+        g = zarr.open_group(store=root.zarr_store(activation_shard(site, layer, s), read_only=True), mode="r")
         xs.append(g["x"])
         idxs.append(g["index"])
     x_src, i_src = _ConcatRows(xs), _ConcatRows(idxs)
     n, d = len(x_src), xs[0].shape[1]
     dtype = logical_dtype(xs[0])
     chunk = cfg.sae.batch_size
-    out = shuffled_group(site, layer)
+    out = shuffled(site, layer)
     root.remove(out)
     store = root.zarr_store(out)
     group = zarr.open_group(store=store, mode="w")
@@ -97,4 +114,4 @@ def shuffle_site_layer(cfg: StagesConfig, site: str, layer: int, n_shards: int, 
     attrs = {"count": int(n), "mean": (total / n).tolist(), "mean_sq_norm": sq / n, "dtype": dtype,
              "source_fingerprint": source_fingerprint, "site": site, "layer": layer, "bucket_rows": bucket}
     group.attrs.update(attrs)
-    return {"outputs": [out], "metrics": {"rows": int(n), "buckets": n_buckets, "mean_sq_norm": sq / n}}
+    return UnitResult(outputs=[out], metrics={"rows": int(n), "buckets": n_buckets, "mean_sq_norm": sq / n})
