@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, folder_bytes, write_json
 
 
 def _random_model(name: str, dtype: str, folder: Path) -> str:
@@ -141,7 +141,7 @@ def _child(args: argparse.Namespace) -> dict:
             ratios.append((bare[-2] + bare[-1]) / 2 / extract[-1])
         full = [timed(full_pass) for _ in range(2)]
         n_tokens = int(tokens.size)
-        written = sum(p.stat().st_size for p in Path(tmp, "activations").rglob("*") if p.is_file())
+        written = folder_bytes(Path(tmp, "activations"))
         from tasks.capacity import ModelShape
 
         fpt = ModelShape.from_hf_config(model.config).forward_flops_per_token(n_tokens // len(tokens), last,
@@ -207,8 +207,7 @@ def main() -> None:
                   f"(after model load {r['rss_after_tokenize_and_model_mb']:.0f})", flush=True)
             print(f"{'':9s} CPU s: forward thread bare {c['bare_main']:.2f}, extraction {c['extract_main']:.2f}; "
                   f"other threads {c['extract_other_threads']:.2f}; kernel {c['extract_kernel']:.2f}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(args.out, rows)
     print(f"wrote {args.out}")
 
 

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common import REPO, write_json
 from flows.config import SuiteConfig
 from storage.root import StorageRoot
 from tasks.stages.extract import _append_all, _create_outputs
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_unit(cfg: SuiteConfig, root: StorageRoot, keys: list, width: int, rows: int, batch_rows: int,
@@ -96,11 +95,10 @@ def main() -> None:
           f"{r['mb_per_s']:,.0f} MB/s | CPU {cpu:.2f} s ({r['cpu_ms_per_mb']:.1f} ms/MB) | "
           f"sustains {r['tokens_per_s']:,.0f} tokens/s for this layout", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.exists() else []
     same = ("groups", "width", "shard_chunks", "root", "threads")
     kept = [p for p in previous if any(p.get(k) != r[k] for k in same)]
-    out.write_text(json.dumps(kept + [r], indent=1) + "\n")
+    write_json(out, kept + [r])
     print(f"wrote {args.out}")
 
 

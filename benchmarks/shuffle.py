@@ -42,7 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, cpu_name, folder_bytes, write_json
+
 SITE, LAYER = "res", 0
 ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -83,10 +84,6 @@ def _peak_rss_mb() -> float:
 
 def _shard_rows(rows: int, shard_rows: int) -> list[int]:
     return [min(shard_rows, rows - s) for s in range(0, rows, shard_rows)]
-
-
-def _folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _drop_caches() -> bool:
@@ -304,7 +301,7 @@ def _one_size(args: argparse.Namespace, size: int, tmp: str) -> tuple[list[dict]
     data_bytes = size * (args.d * itemsize + 2 * 4)  # x plus the int32 index pair, per row
     t0 = time.perf_counter()
     built = _run_child(args, "build", tmp, size)
-    stored = _folder_bytes(Path(tmp, "activations"))
+    stored = folder_bytes(Path(tmp, "activations"))
     print(f"built {built['shards']} extract shards, {size:,d} rows x {args.d} {args.dtype}: {data_bytes / 1e9:.2f} GB "
           f"({stored / 1e9:.2f} GB on disk) in {time.perf_counter() - t0:.0f} s", flush=True)
     runs = [("zarr_copy", 0), ("file_copy", 0)] + [("shuffle", b) for b in args.buckets]
@@ -341,11 +338,8 @@ def _machine() -> dict:
     import torch
     import zarr
 
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor())
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": model, "cpus": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "platform": platform.platform(),
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
             "zarr": zarr.__version__, "load_average_at_start": os.getloadavg()}
 
@@ -366,8 +360,7 @@ def _parent(args: argparse.Namespace) -> None:
     report = {"command": " ".join([".venv/bin/python", *sys.argv]), "args": vars(args), "machine": machine,
               "storage": cfg.storage.model_dump(exclude={"root"}), "wall_s": time.perf_counter() - t0,
               "results": results, "phases": phases}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report)
     print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
+
 sys.path.insert(0, str(REPO))
 
 from storage.ledger import Ledger  # noqa: E402
