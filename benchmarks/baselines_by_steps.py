@@ -20,7 +20,7 @@ from flows.config import load_suite_config
 from flows.prepare import open_root
 from sae import train_saes
 from storage.arrays import DecodedRows
-from tasks.stages.shuffle import shuffled_group
+from storage.layout import shuffled
 from tasks.stages.train import norm_scale
 
 
@@ -39,7 +39,7 @@ def main() -> None:
 
     cfg = load_suite_config(args.config)
     root = open_root(cfg)
-    group = zarr.open_group(store=root.zarr_store(shuffled_group(args.site, args.layer), read_only=True), mode="r")
+    group = zarr.open_group(store=root.zarr_store(shuffled(args.site, args.layer), read_only=True), mode="r")
     x, scale = DecodedRows(group["x"]), norm_scale(dict(group.attrs))
     results = []
     for epochs in args.epochs:

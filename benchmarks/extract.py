@@ -62,7 +62,8 @@ def _child(args: argparse.Namespace) -> dict:
     from storage.root import StorageRoot
     from tasks.stages.extract import extract_shard, forward_until
     from tasks.lm.model import load_model, pick_device
-    from tasks.stages.tokenize import TOKENS_TRAIN, tokenize_corpus
+    from storage.layout import TOKENS_TRAIN
+    from tasks.stages.tokenize import tokenize_corpus
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 storage puts on extraction speed (a GPU's forward pass at Gemma scale produces hundreds of MB/s per unit;
 `benchmarks/extract.py` measures the overlap with a real forward pass).
 
-It runs the extract stage's own writer code (`tasks.stages.extract._create_outputs`, `_append_all`, then each
+It runs the extract stage's own writer code (`tasks.stages.extract.create_outputs`, `append_rows`, then each
 `RowWriter.close`) on synthetic bf16 rows for G (site, layer) groups of width d, batch after batch, into a
 fresh run root each time, and reports stored MB/s (x and index), the process's CPU seconds per MB, and the
 tokens/s that rate sustains for that layout. Best of the rounds.
@@ -31,7 +31,7 @@ import numpy as np
 from common import REPO, write_json
 from flows.config import SuiteConfig
 from storage.root import StorageRoot
-from tasks.stages.extract import _append_all, _create_outputs
+from tasks.stages.extract import append_rows, create_outputs
 
 
 def write_unit(cfg: SuiteConfig, root: StorageRoot, keys: list, width: int, rows: int, batch_rows: int,
@@ -43,14 +43,14 @@ def write_unit(cfg: SuiteConfig, root: StorageRoot, keys: list, width: int, rows
     index = np.zeros((batch_rows, 2), np.int32)
     writers: dict = {}
     t0, c0 = time.perf_counter(), os.times()
-    _create_outputs(cfg, root, 0, keys, {"res": width}, rows, writers)
+    create_outputs(cfg, root, 0, keys, {"res": width}, rows, writers)
     with ThreadPoolExecutor(threads) as pool:
         for start in range(0, rows, batch_rows):
             n = min(batch_rows, rows - start)
             if threads == 1:
-                _append_all(writers, {k: batch[:n] for k in keys}, index[:n])
+                append_rows(writers, {k: batch[:n] for k in keys}, index[:n])
             else:
-                list(pool.map(lambda k: _append_all({k: writers[k]}, {k: batch[:n]}, index[:n]), keys))
+                list(pool.map(lambda k: append_rows({k: writers[k]}, {k: batch[:n]}, index[:n]), keys))
         list(pool.map(lambda w: w.close(), [w for pair in writers.values() for w in pair]))
     c1 = os.times()
     return time.perf_counter() - t0, (c1.user - c0.user) + (c1.system - c0.system)

@@ -117,14 +117,14 @@ def _build(args: argparse.Namespace) -> dict:
 
     from storage.arrays import RowWriter, create_array
     from storage.root import StorageRoot
-    from tasks.stages.extract import shard_group
+    from storage.layout import activation_shard
 
     cfg, root = _config(args, args.root), StorageRoot(args.root)
     gen = torch.Generator().manual_seed(args.seed)
     chunk, per_shard, start = cfg.storage.chunk_rows, cfg.storage.shard_chunks, 0
     shards = _shard_rows(args.size, args.shard_rows)
     for s, n in enumerate(shards):
-        group = shard_group(SITE, LAYER, s)
+        group = activation_shard(SITE, LAYER, s)
         store = root.zarr_store(group)
         zarr.open_group(store=store, mode="w", attributes={"site": SITE, "layer": LAYER, "shard": s})
         x = create_array(store, "x", (n, args.d), args.dtype, (chunk, args.d), shard_chunks=per_shard)
@@ -149,12 +149,12 @@ def _zarr_copy(args: argparse.Namespace) -> dict:
 
     from storage.arrays import create_array, logical_dtype, write_rows_unit
     from storage.root import StorageRoot
-    from tasks.stages.extract import shard_group
+    from storage.layout import activation_shard
 
     root = StorageRoot(args.root)
     srcs = []
     for s in range(len(_shard_rows(args.size, args.shard_rows))):
-        group = zarr.open_group(store=root.zarr_store(shard_group(SITE, LAYER, s), read_only=True), mode="r")
+        group = zarr.open_group(store=root.zarr_store(activation_shard(SITE, LAYER, s), read_only=True), mode="r")
         srcs += [(group[name], root.zarr_store(f"copy_zarr/shard_{s:05d}"), name) for name in ("x", "index")]
     same_layout = []
 
@@ -178,7 +178,8 @@ def _shuffle(args: argparse.Namespace) -> dict:
     import zarr
 
     from storage.root import StorageRoot
-    from tasks.stages.shuffle import shuffle_site_layer, shuffled_group
+    from storage.layout import shuffled
+    from tasks.stages.shuffle import shuffle_site_layer
 
     cfg, root = _config(args, args.root, args.bucket), StorageRoot(args.root)
     n_shards = len(_shard_rows(args.size, args.shard_rows))
@@ -187,7 +188,7 @@ def _shuffle(args: argparse.Namespace) -> dict:
     def work():
         result.update(shuffle_site_layer(cfg, SITE, LAYER, n_shards, "benchmark", root)["metrics"])
     out = _timed(work)
-    group = zarr.open_group(store=root.zarr_store(shuffled_group(SITE, LAYER), read_only=True), mode="r")
+    group = zarr.open_group(store=root.zarr_store(shuffled(SITE, LAYER), read_only=True), mode="r")
     x = group["x"]
     return out | {"buckets": result["buckets"], "bucket_rows": group.attrs["bucket_rows"],
                   "out_chunk_rows": x.chunks[0], "out_shard_rows": (x.shards or x.chunks)[0]}
@@ -219,13 +220,13 @@ def _phases(args: argparse.Namespace) -> dict:
     from storage.arrays import create_array, logical_dtype, write_rows_unit
     from storage.root import StorageRoot
     from tasks.config import SITES
-    from tasks.stages.extract import shard_group
-    from tasks.stages.shuffle import _ConcatRows, bucket_rows, stored_row_sums
+    from storage.layout import activation_shard
+    from tasks.stages.shuffle import ConcatRows, bucket_rows, stored_row_sums
 
     cfg, root = _config(args, args.root, args.bucket), StorageRoot(args.root)
-    groups = [zarr.open_group(store=root.zarr_store(shard_group(SITE, LAYER, s), read_only=True), mode="r")
+    groups = [zarr.open_group(store=root.zarr_store(activation_shard(SITE, LAYER, s), read_only=True), mode="r")
               for s in range(len(_shard_rows(args.size, args.shard_rows)))]
-    x_src, i_src = _ConcatRows([g["x"] for g in groups]), _ConcatRows([g["index"] for g in groups])
+    x_src, i_src = ConcatRows([g["x"] for g in groups]), ConcatRows([g["index"] for g in groups])
     n, d, dtype = len(x_src), groups[0]["x"].shape[1], logical_dtype(groups[0]["x"])
     chunk, per_shard = cfg.sae.batch_size, cfg.storage.shard_chunks
     x_out, i_out = (create_array(root.zarr_store(f"phases/{name}"), name, (n, width), kind, (chunk, width),

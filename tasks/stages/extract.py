@@ -110,7 +110,7 @@ def forward_until(model: torch.nn.Module, input_ids: torch.Tensor, last_layer: i
         handle.remove()
 
 
-def _create_outputs(cfg: StagesConfig, root: StorageRoot, shard: int, keys: list[tuple[str, int]], widths: dict,
+def create_outputs(cfg: StagesConfig, root: StorageRoot, shard: int, keys: list[tuple[str, int]], widths: dict,
                     n_rows: int, writers: dict) -> None:
     """Clear and create every (site, layer) group of the shard (fills `writers`); runs on the writer thread so
     the first forward pass overlaps it."""
@@ -128,7 +128,7 @@ def _create_outputs(cfg: StagesConfig, root: StorageRoot, shard: int, keys: list
         writers[(site, layer)] = (RowWriter(x, x_label(site, layer, shard)), RowWriter(index, f"{group}/index"))
 
 
-def _append_all(writers: dict, rows: dict, index_rows: np.ndarray) -> None:
+def append_rows(writers: dict, rows: dict, index_rows: np.ndarray) -> None:
     for key, (xw, iw) in writers.items():
         xw.append(rows[key])
         iw.append(index_rows)
@@ -153,7 +153,7 @@ def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], ro
     writers: dict[tuple[str, int], tuple[RowWriter, RowWriter]] = {}
     capture = ActivationCapture(keys)
     background = _BackgroundWriter()
-    background.put(partial(_create_outputs, cfg, root, shard, keys, widths, n_rows, writers))
+    background.put(partial(create_outputs, cfg, root, shard, keys, widths, n_rows, writers))
     try:
         with torch.inference_mode(), site_hooks(model, capture.hooks()):
             for start in range(0, len(tokens), cfg.extract.batch_size):
@@ -166,7 +166,7 @@ def extract_shard(cfg: StagesConfig, shard: int, keys: list[tuple[str, int]], ro
                 # select and cast on the model's device: only the stored bytes cross to the host
                 rows = {key: encode_rows(capture.values[key][sel], dtype, labels[key]) for key in keys}
                 capture.values.clear()
-                background.put(partial(_append_all, writers, rows, index_rows))
+                background.put(partial(append_rows, writers, rows, index_rows))
     finally:
         background.close()
     for xw, iw in writers.values():

@@ -39,7 +39,7 @@ def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult
     return shuffle_site_layer(cfg, spec.site, spec.layer, spec.n_shards, spec.fingerprint, root)
 
 
-class _ConcatRows:
+class ConcatRows:
     """Row ranges across the shard arrays as if they were one array."""
 
     def __init__(self, arrays: list[zarr.Array]):
@@ -83,7 +83,7 @@ def shuffle_site_layer(cfg: StagesConfig, site: str, layer: int, n_shards: int, 
         g = zarr.open_group(store=root.zarr_store(activation_shard(site, layer, s), read_only=True), mode="r")
         xs.append(g["x"])
         idxs.append(g["index"])
-    x_src, i_src = _ConcatRows(xs), _ConcatRows(idxs)
+    x_src, i_src = ConcatRows(xs), ConcatRows(idxs)
     n, d = len(x_src), xs[0].shape[1]
     dtype = logical_dtype(xs[0])
     chunk = cfg.sae.batch_size
