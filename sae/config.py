@@ -48,7 +48,6 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(1000, ge=0, description="steps between checkpoints; 0 turns them off")
     autocast_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="matmul dtype; parameters, thresholds and Adam state stay float32 either way")
-    dense_threshold: float = Field(0.1, gt=0, le=1)
     seed: int = 0
 
     @field_validator("widths")

@@ -71,5 +71,7 @@ Planned = dict[str, list[UnitSpec]]
 
 
 def suite_fingerprint(cfg: StagesConfig) -> str:
-    """The whole suite's fingerprint, recorded in suite.json and the report."""
-    return fingerprint(FORMAT_VERSION, cfg.model_dump(mode="json", exclude={"name"}))
+    """The fingerprint of what the suite computes, recorded in suite.json and the report: the stages'
+    settings only, so editing how it is orchestrated (retries, resources) leaves it alone."""
+    stage_fields = set(StagesConfig.model_fields) - {"name"}
+    return fingerprint(FORMAT_VERSION, cfg.model_dump(mode="json", include=stage_fields))
