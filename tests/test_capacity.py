@@ -15,7 +15,7 @@ from tests.conftest import REPO, small_suite_dict
 def test_gemma_2_2b_holds_about_350_kb_of_activations_per_token():
     shape = ModelShape.from_hf_config(KNOWN_CONFIGS["google/gemma-2-2b"])
     per_token = shape.n_layers * sum(shape.site_width(s) * 2 for s in ("res", "att", "mlp"))
-    assert per_token == 26 * (2304 + 2048 + 2304) * 2 == 346_112  # DESIGN section 7: ~350 KB in bf16
+    assert per_token == 26 * (2304 + 2048 + 2304) * 2 == 346_112  # ~350 KB per token in bf16 (docs/architecture.md, "Scale")
     # 2.6B parameters, of which 0.59B embed: the forward FLOPs per token are ~2 x the layers' parameters
     assert 3.5e9 < shape.forward_flops_per_token(1024, logits=False) < 4.5e9
 

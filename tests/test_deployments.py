@@ -1,5 +1,5 @@
 """prefect.yaml deploys, and its cron deployment really gets scheduled runs (sqlalchemy 2.1 silently broke
-this with prefect 3.8.8: DESIGN section 8)."""
+this with prefect 3.8.8: docs/architecture.md, "Pitfalls of this stack")."""
 from __future__ import annotations
 
 import os
