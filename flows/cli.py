@@ -33,7 +33,7 @@ def _fail(message: str, code: int = 2) -> int:
 def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
     from flows.prepare import open_root
     from tasks.report import collect_metrics
-    from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+    from tasks.reporting import TABLE_COLUMNS, format_table_rows, sorted_rows
 
     root = open_root(cfg)
     rows = collect_metrics(root, keys)

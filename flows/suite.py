@@ -159,7 +159,7 @@ def _publish_artifacts(result: dict) -> None:
 
 def _publish_metrics(root, keys: list[tuple[str, int]]) -> None:
     from tasks.report import collect_metrics
-    from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+    from tasks.reporting import TABLE_COLUMNS, format_table_rows, sorted_rows
 
     rows = [dict(zip(TABLE_COLUMNS, r)) for r in format_table_rows(sorted_rows(collect_metrics(root, keys)))]
     create_table_artifact(rows, key="scopeflow-metrics", description="every SAE of the suite, on held-out tokens")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.evaluate import eval_path
-from tasks.report_render import render_report
+from tasks.reporting import render_report
 
 REPORT_DIR = "report"
 

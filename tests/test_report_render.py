@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.report_render import PLOT_FILES, TABLE_COLUMNS, format_table_rows, render_report, sorted_rows
+from tasks.reporting import PLOT_FILES, TABLE_COLUMNS, format_table_rows, render_report, sorted_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EDGES = [float(x) for x in np.arange(-8.0, 0.5, 0.5)]  # log10 firing frequency, 16 bins
