@@ -26,7 +26,7 @@ from tasks.lm.model import load_config
 from tasks.lm.sites import TL_HOOKS, n_layers, site_width
 from tasks.registry import get_stage
 from tasks.release_import import import_release
-from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+from tasks.reporting import TABLE_COLUMNS, format_table_rows, sorted_rows
 from tasks.stages.report import collect_metrics
 from tasks.stages.tokenize import n_train_seqs
 

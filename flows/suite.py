@@ -16,7 +16,7 @@ from storage.ledger import Ledger
 from tasks.capacity import describe_groups
 from tasks.plan import plan_suite
 from tasks.registry import STAGE_NAMES, STAGES, get_stage, upstream
-from tasks.report_render import TABLE_COLUMNS, format_table_rows, sorted_rows
+from tasks.reporting import TABLE_COLUMNS, format_table_rows, sorted_rows
 from tasks.stages.report import SUITE_UNIT, collect_metrics
 from tasks.stages.tokenize import n_train_seqs
 from tasks.units import UnitSpec

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.report_render import PLOT_FILES, TABLE_COLUMNS, format_table_rows, render_report, sorted_rows
+from tasks.reporting import PLOT_FILES, TABLE_COLUMNS, format_table_rows, render_report, sorted_rows
+from tasks.reporting.plots import PLOTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EDGES = [float(x) for x in np.arange(-8.0, 0.5, 0.5)]  # log10 firing frequency, 16 bins
@@ -188,11 +189,8 @@ def test_no_rows(tmp_path):
     assert "No evaluated SAEs" in (tmp_path / "index.html").read_text(encoding="utf-8")
 
 
-def test_architecture_comparison_when_baselines_are_trained(tmp_path):
-    """A suite with TopK and ReLU baselines gets the JumpReLU paper's L0-vs-fidelity comparison; the
-    per-lambda plots keep to JumpReLU SAEs."""
-    rows, logs = synthetic_suite(sites=("res", "mlp"), layers=(1, 2), widths=(512,), lambdas=(0.001, 0.01),
-                                 log_points=3)
+def with_baselines(rows: list[dict]) -> list[dict]:
+    """TopK and ReLU + L1 rows alongside each JumpReLU row, as a suite that trains the baselines has."""
     extra = []
     for r in rows:
         for arch, sparsity, l0_scale in (("topk", 16, 0.9), ("relu", 3.0, 1.3)):
@@ -200,6 +198,15 @@ def test_architecture_comparison_when_baselines_are_trained(tmp_path):
                      sae_path=r["sae_path"].replace("lambda_", f"{arch}_"))
             e.pop("lambda")
             extra.append(e)
+    return extra
+
+
+def test_architecture_comparison_when_baselines_are_trained(tmp_path):
+    """A suite with TopK and ReLU baselines gets the JumpReLU paper's L0-vs-fidelity comparison; the
+    per-lambda plots keep to JumpReLU SAEs."""
+    rows, logs = synthetic_suite(sites=("res", "mlp"), layers=(1, 2), widths=(512,), lambdas=(0.001, 0.01),
+                                 log_points=3)
+    extra = with_baselines(rows)
     paths = render_report(rows + extra, logs, tmp_path, title="archs", suite_info={})
     assert (tmp_path / "architectures_l0_vs_fidelity.png").read_bytes()[:8] == PNG_MAGIC
     assert any(p.name == "architectures_l0_vs_fidelity.png" for p in paths)
@@ -210,3 +217,26 @@ def test_architecture_comparison_when_baselines_are_trained(tmp_path):
     # a single-architecture suite has no comparison figure
     render_report(rows, logs, tmp_path / "one", title="one", suite_info={})
     assert not (tmp_path / "one" / "architectures_l0_vs_fidelity.png").exists()
+
+
+def test_every_registered_plot_is_drawn_and_shown(tmp_path):
+    """Each entry of the plot registry writes its file and the page shows it with its caption."""
+    rows, logs = synthetic_suite(sites=("res",), layers=(1, 2), widths=(512,), lambdas=(0.001, 0.01), log_points=3)
+    paths = render_report(rows + with_baselines(rows), logs, tmp_path, title="all plots", suite_info={})
+    assert [p.name for p in paths] == ["metrics.parquet", *(p.file for p in PLOTS), "index.html"]
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    for plot in PLOTS:
+        assert (tmp_path / plot.file).read_bytes()[:8] == PNG_MAGIC, plot.file
+        assert f'src="{plot.file}"' in page and f"<figcaption>{plot.caption}</figcaption>" in page, plot.file
+
+
+def test_unknown_architecture_is_an_error(tmp_path):
+    """An architecture the SAE registry does not know is not drawn as a stranger: the report refuses it."""
+    rows, logs = synthetic_suite(sites=("res",), layers=(1,), widths=(512,), lambdas=(0.001,), log_points=3)
+    rows.append(dict(rows[0], architecture="gated"))
+    with pytest.raises(ValueError, match="unknown SAE architecture 'gated'"):
+        render_report(rows, logs, tmp_path, title="bad", suite_info={})
+    # a row with no architecture field at all is a JumpReLU row, as before the baselines existed
+    del rows[-1]["architecture"]
+    render_report(rows, logs, tmp_path, title="old rows", suite_info={})
+    assert pq.read_table(tmp_path / "metrics.parquet").column("architecture").to_pylist() == ["jumprelu"] * 2

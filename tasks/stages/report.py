@@ -11,7 +11,7 @@ from storage import layout
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.report_render import render_report
+from tasks.reporting import render_report
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec, suite_fingerprint
 
 SUITE_UNIT = "suite"

@@ -1,0 +1,30 @@
+"""The report's entry point: evaluation rows and training logs in, `report/` files out."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pyarrow.parquet as pq
+
+from .formatting import sorted_rows
+from .page import index_html
+from .plots import ReportData, draw_plots
+from .schema import metrics_table, plain_record, with_defaults
+
+
+def render_report(rows: list[dict], train_logs: list[dict], out_dir: pathlib.Path, *, title: str,
+                  suite_info: dict) -> list[pathlib.Path]:
+    """Write metrics.parquet, the plots and index.html into out_dir; index.html last, once what it links exists."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = ReportData(rows=sorted_rows(with_defaults(plain_record(r)) for r in rows),
+                      train_logs=[plain_record(rec) for rec in train_logs])
+
+    parquet_path = out_dir / "metrics.parquet"
+    pq.write_table(metrics_table(data.rows), parquet_path)
+    written = [parquet_path, *draw_plots(data, out_dir)]
+
+    index_path = out_dir / "index.html"
+    index_path.write_text(index_html(data, title, dict(suite_info or {})), encoding="utf-8")
+    written.append(index_path)
+    return written
