@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -118,8 +117,8 @@ def cmd_status(args) -> int:
         rows = stage_status(cfg, args.config)
     except ConfigError as e:
         return _fail(str(e))
-    # no vertical rules: the table fits an 80-column terminal
-    table = Table(title=f"suite '{cfg.name}'", title_justify="left", box=box.SIMPLE_HEAD)
+    # no rules and no edge padding: the table fits an 80-column terminal
+    table = Table(title=f"suite '{cfg.name}'", title_justify="left", box=None, pad_edge=False)
     for col in ("stage", "units", "complete", "failed", "running", "pending", "total s", "mean s", "max s"):
         table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for r in rows:
