@@ -1,0 +1,1 @@
+"""The language-model helpers the stages share."""
