@@ -18,7 +18,7 @@ def expand_paths(cfg: CorpusConfig, storage_options: dict[str, Any]) -> list[str
     out: list[str] = []
     for pattern in cfg.paths:
         if pattern.startswith("embedded:"):
-            from tasks.embedded import resolve_embedded
+            from tasks.lm.embedded import resolve_embedded
 
             path = resolve_embedded(pattern)
             if path is None:

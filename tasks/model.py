@@ -16,7 +16,7 @@ def resolve_model_path(name_or_path: str) -> str:
     """Embedded names build (once) and map to their folder; a path-like name must exist; anything else
     is a hub id left to transformers."""
     if name_or_path.startswith("embedded:"):
-        from tasks.embedded import resolve_embedded
+        from tasks.lm.embedded import resolve_embedded
 
         path = resolve_embedded(name_or_path)
         if path is None:
