@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("config", nargs="?", default="configs/tiny.yaml")
     ap.add_argument("--keep", action="store_true", help="keep the run's folder")
     args = ap.parse_args()
-    from tasks.embedded import ensure_embedded_assets
+    from tasks.lm.embedded import ensure_embedded_assets
     ensure_embedded_assets()
 
     tmp = Path(tempfile.mkdtemp(prefix="scopeflow-bench-"))

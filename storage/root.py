@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import zarr.storage
 
 
 class StorageRoot:
@@ -118,8 +119,6 @@ class StorageRoot:
         return Path(local_dir)
 
     def zarr_store(self, rel: str, read_only: bool = False):
-        import zarr.storage
-
         if self.is_local:
             return zarr.storage.LocalStore(self.fs_path(rel), read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.path(rel), storage_options=self.storage_options,

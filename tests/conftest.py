@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def embedded_assets():
-    from tasks.embedded import ensure_embedded_assets
+    from tasks.lm.embedded import ensure_embedded_assets
 
     return ensure_embedded_assets()
 

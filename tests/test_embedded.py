@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import embedded
-from tasks.embedded import (
+from tasks.lm import embedded
+from tasks.lm.embedded import (
     BOS_ID,
     COMPLETE_MARKER,
     EMBEDDED_CORPUS,
@@ -25,10 +25,11 @@ from tasks.embedded import (
     UNK_ID,
     ensure_embedded_assets,
     generate_corpus,
-    pack_sequences,
     read_corpus,
     resolve_embedded,
 )
+from tasks.lm.embedded import cache as embedded_cache
+from tasks.lm.packing import pack_sequences
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_model_loads_as_gemma2_through_auto_classes(assets):
 
 
 def test_hook_sites_match_design(assets):
-    """DESIGN section 1: the three sites are module boundaries of every decoder layer, and in transformers 5
+    """The sites of docs/architecture.md ("Stages and units"): the three are module boundaries of every decoder layer, and in transformers 5
     a decoder layer returns the residual tensor itself (not a tuple)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,8 +157,8 @@ def test_stats_loss_reproduces_from_saved_model(assets):
     tok = AutoTokenizer.from_pretrained(assets.model_dir)
     docs = read_corpus(assets.corpus_path)
     n_held = max(1, int(round(len(docs) * 0.04)))
-    rows = pack_sequences(tok(docs[-n_held:], add_special_tokens=False)["input_ids"], embedded.TRAIN_CTX,
-                          BOS_ID, EOS_ID)[:32]
+    rows = torch.from_numpy(pack_sequences(tok(docs[-n_held:], add_special_tokens=False)["input_ids"],
+                                           embedded.TRAIN_CTX, BOS_ID, EOS_ID).astype("int64"))[:32]
     with torch.no_grad():
         logits = model(input_ids=rows).logits[:, :-1].double()
     targets = rows[:, 1:]
@@ -212,7 +213,7 @@ class _FakeBuild:
 
 def test_interrupted_build_leaves_nothing_and_is_redone(monkeypatch, tmp_path):
     failing = _FakeBuild(fail=True)
-    monkeypatch.setattr(embedded, "build_embedded_assets", failing)
+    monkeypatch.setattr(embedded_cache, "build_embedded_assets", failing)
     with pytest.raises(RuntimeError):
         ensure_embedded_assets(tmp_path)
     final = tmp_path / f"embedded-v{EMBEDDED_VERSION}"
@@ -222,7 +223,7 @@ def test_interrupted_build_leaves_nothing_and_is_redone(monkeypatch, tmp_path):
     (final / "corpus.jsonl").write_text("partial")
 
     good = _FakeBuild()
-    monkeypatch.setattr(embedded, "build_embedded_assets", good)
+    monkeypatch.setattr(embedded_cache, "build_embedded_assets", good)
     a = ensure_embedded_assets(tmp_path)
     assert good.calls == 1
     assert a.corpus_path.read_text() == '{"text": "hi"}\n'
@@ -234,7 +235,7 @@ def test_interrupted_build_leaves_nothing_and_is_redone(monkeypatch, tmp_path):
 
 def test_concurrent_callers_build_once(monkeypatch, tmp_path):
     fake = _FakeBuild(delay=0.5)
-    monkeypatch.setattr(embedded, "build_embedded_assets", fake)
+    monkeypatch.setattr(embedded_cache, "build_embedded_assets", fake)
     results, errors = [], []
 
     def call():

@@ -21,7 +21,7 @@ from sae_lens.saes.sae import TrainStepInput  # noqa: E402
 
 from sae import JumpReLUSAE, TrainConfig, load_saelens, save_saelens, train_saes  # noqa: E402
 from tasks.config import ModelConfig  # noqa: E402
-from tasks.embedded import read_corpus  # noqa: E402
+from tasks.lm.embedded import read_corpus  # noqa: E402
 from tasks.lm.model import load_model, load_tokenizer, special_token_ids  # noqa: E402
 from tasks.lm.sites import TL_HOOKS, ActivationCapture, site_hooks  # noqa: E402
 

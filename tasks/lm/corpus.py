@@ -6,8 +6,10 @@ import json
 from typing import Any, Iterator
 
 import fsspec
+import pyarrow.parquet as pq
 
 from tasks.config import CorpusConfig
+from tasks.lm.embedded import resolve_embedded
 
 _FORMATS = (".parquet", ".jsonl", ".json", ".txt")
 
@@ -18,8 +20,6 @@ def expand_paths(cfg: CorpusConfig, storage_options: dict[str, Any]) -> list[str
     out: list[str] = []
     for pattern in cfg.paths:
         if pattern.startswith("embedded:"):
-            from tasks.embedded import resolve_embedded
-
             path = resolve_embedded(pattern)
             if path is None:
                 raise ValueError(f"corpus.paths: unknown embedded corpus {pattern!r}")
@@ -42,8 +42,6 @@ def read_documents(path: str, text_field: str, storage_options: dict[str, Any]) 
     with fsspec.open(path, "rb", **opts) as f:
         data = f.read()
     if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         table = pq.read_table(io.BytesIO(data))
         if text_field not in table.column_names:
             raise ValueError(f"{path}: no column {text_field!r} (corpus.text_field); columns: {table.column_names}")

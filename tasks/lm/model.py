@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tasks.config import ModelConfig
+from tasks.lm.embedded import resolve_embedded
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -17,8 +19,6 @@ def resolve_model_path(name_or_path: str) -> str:
     """Embedded names build (once) and map to their folder; a path-like name must exist; anything else
     is a hub id left to transformers."""
     if name_or_path.startswith("embedded:"):
-        from tasks.embedded import resolve_embedded
-
         path = resolve_embedded(name_or_path)
         if path is None:
             raise ValueError(f"model.name_or_path: unknown embedded model {name_or_path!r}")
@@ -39,21 +39,15 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_config(cfg: ModelConfig):
-    from transformers import AutoConfig
-
     return AutoConfig.from_pretrained(resolve_model_path(cfg.name_or_path), revision=cfg.revision)
 
 
 def load_tokenizer(cfg: ModelConfig):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(resolve_model_path(cfg.name_or_path), revision=cfg.revision)
 
 
 @functools.lru_cache(maxsize=2)
 def _load_model_cached(path: str, revision: str | None, dtype: str, device: str):
-    from transformers import AutoModelForCausalLM
-
     kwargs = dict(revision=revision, dtype=_DTYPES[dtype])
     # Gemma 2's logit soft-capping is only exact in the eager attention implementation.
     kwargs["attn_implementation"] = "eager"

@@ -1,0 +1,150 @@
+"""The locked on-disk cache of the embedded assets: built once, atomically, under a file lock, then reused;
+and the mapping from the embedded names in suite configs to the built paths."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tasks.lm.embedded.grammar import generate_corpus
+from tasks.lm.embedded.spec import (
+    BUILD_N_DOCS,
+    BUILD_SEED,
+    BUILD_VOCAB_SIZE,
+    COMPLETE_MARKER,
+    EMBEDDED_CORPUS,
+    EMBEDDED_MODEL,
+    EMBEDDED_VERSION,
+    MANIFEST_FILE,
+    STATS_FILE,
+)
+from tasks.lm.embedded.tiny_model import train_tiny_gemma2
+from tasks.lm.embedded.tokenizer import train_tokenizer
+
+
+@dataclass(frozen=True)
+class EmbeddedAssets:
+    corpus_path: Path
+    model_dir: Path
+    stats: dict
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SCOPEFLOW_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "scopeflow"
+
+
+def _assets_in(root: Path) -> EmbeddedAssets:
+    stats = json.loads((root / "model" / STATS_FILE).read_text())
+    manifest = json.loads((root / MANIFEST_FILE).read_text())
+    stats = {**stats, **{k: v for k, v in manifest.items() if k not in stats}}
+    return EmbeddedAssets(corpus_path=root / "corpus.jsonl", model_dir=root / "model", stats=stats)
+
+
+def build_embedded_assets(root: Path, *, seed: int = BUILD_SEED, n_docs: int = BUILD_N_DOCS,
+                          vocab_size: int = BUILD_VOCAB_SIZE, log: Callable[[str], None] | None = None,
+                          **train_kwargs) -> None:
+    """Builds everything into `root` (which must not be the final location: the caller renames it into
+    place), writing the COMPLETE marker last."""
+    t0 = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    corpus = generate_corpus(root / "corpus.jsonl", n_docs, seed)
+    t_corpus = time.perf_counter() - t0
+    tok = train_tokenizer(corpus, root / "tokenizer", vocab_size)
+    t_tok = time.perf_counter() - t0 - t_corpus
+    train_tiny_gemma2(corpus, tok, root / "model", seed=seed, log=log, **train_kwargs)
+    shutil.rmtree(root / "tokenizer")  # its files now live in model/, next to the weights
+    manifest = {
+        "version": EMBEDDED_VERSION,
+        "seed": seed,
+        "n_docs": n_docs,
+        "corpus_bytes": corpus.stat().st_size,
+        "corpus_seconds": t_corpus,
+        "tokenizer_seconds": t_tok,
+        "build_seconds": time.perf_counter() - t0,
+    }
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_synced(root / COMPLETE_MARKER, f"embedded-v{EMBEDDED_VERSION}\n")
+    _fsync_tree(root)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    """The rename that publishes the build must not reach disk before the files it publishes."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_embedded_assets(cache_dir: Path | None = None, *,
+                           log: Callable[[str], None] | None = None) -> EmbeddedAssets:
+    """Cheap when already built (one stat and two small reads, no lock). Otherwise one process builds under
+    an exclusive lock while others wait, then find the finished build. The build happens in a private
+    folder that is renamed into place only once complete, so a crash at any point leaves either nothing
+    or a whole build under the final name."""
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = base / f"embedded-v{EMBEDDED_VERSION}"
+    if (root / COMPLETE_MARKER).is_file():
+        return _assets_in(root)
+    base.mkdir(parents=True, exist_ok=True)
+    with _file_lock(base / f"embedded-v{EMBEDDED_VERSION}.lock"):
+        if (root / COMPLETE_MARKER).is_file():
+            return _assets_in(root)
+        # Holding the lock, any leftover build folder belongs to a builder that died: reclaim the space.
+        for stale in base.glob(f".embedded-v{EMBEDDED_VERSION}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = base / f".embedded-v{EMBEDDED_VERSION}.build-{os.getpid()}"
+        build_embedded_assets(tmp, log=log)
+        if root.exists():  # incomplete (no marker): move it aside first, since rename won't replace a folder
+            aside = base / f".embedded-v{EMBEDDED_VERSION}.old-{os.getpid()}"
+            os.rename(root, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        os.rename(tmp, root)
+        fd = os.open(base, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return _assets_in(root)
+
+
+def resolve_embedded(name: str, cache_dir: Path | None = None) -> Path | None:
+    """Maps the embedded names used in suite configs to real paths, building on first use; any other
+    string is not ours and gets None, so callers can fall through to their own resolution."""
+    if name == EMBEDDED_CORPUS:
+        return ensure_embedded_assets(cache_dir).corpus_path
+    if name == EMBEDDED_MODEL:
+        return ensure_embedded_assets(cache_dir).model_dir
+    return None
+
