@@ -24,5 +24,7 @@ def init_ray(cfg: OrchestrationConfig) -> bool:
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=256 * 2**20, **kwargs)
+        # "local": a new instance of our own, even when another Ray runs on this machine (ray.init() would join it)
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=256 * 2**20,
+                 **kwargs)
     return True

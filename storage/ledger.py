@@ -14,15 +14,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from storage import layout
+from storage.errors import is_input_error
 from storage.root import StorageRoot
 
-Status = Literal["running", "complete", "failed"]
+Status = Literal["running", "complete", "failed", "interrupted"]
 
 
 class UnitError(BaseModel):
     type: str
     message: str
     traceback: str = ""
+    kind: Literal["input", "transient"] = Field("transient", description="input errors are not retried")
     facts: dict[str, Any] = Field(default_factory=dict, description="what the run reasons about, as fields "
                                                                      "(a corrupt chunk's array path and index)")
 
@@ -37,6 +39,9 @@ class UnitRecord(BaseModel):
     ended_at: datetime | None = None
     host: str = ""
     pid: int | None = None
+    node: str = Field("", description="the Ray node it ran on, where it ran under Ray")
+    run_id: str = Field("", description="the run that started it; a `running` record of a run that no longer "
+                                        "holds the root is stale")
     error: UnitError | None = None
     outputs: list[str] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -95,12 +100,21 @@ class Ledger:
             self.root.remove(p)
         self._put(rec.model_copy(update=dict(freed_at=_now())))
 
-    def start(self, stage: str, unit: str, fingerprint: str) -> UnitRecord:
+    def start(self, stage: str, unit: str, fingerprint: str, run_id: str = "", node: str = "") -> UnitRecord:
         prev = self.get(stage, unit)
         attempt = (prev.attempt if prev and prev.fingerprint == fingerprint and prev.status != "complete" else 0) + 1
         return self._put(UnitRecord(stage=stage, unit=unit, status="running", fingerprint=fingerprint,
                                     attempt=attempt, started_at=_now(), host=socket.gethostname(),
-                                    pid=os.getpid()))
+                                    pid=os.getpid(), node=node, run_id=run_id))
+
+    def interrupt(self, stage: str, unit: str) -> bool:
+        """Mark a unit the driver stopped: only a record still `running` (one that completed or failed
+        meanwhile keeps its outcome). Returns whether it marked one."""
+        rec = self.get(stage, unit)
+        if rec is None or rec.status != "running":
+            return False
+        self._put(rec.model_copy(update=dict(status="interrupted", ended_at=_now())))
+        return True
 
     def complete(self, record: UnitRecord, outputs: list[str], metrics: dict[str, Any]) -> UnitRecord:
         """Called only after every output is durably written: this write is what makes them trusted."""
@@ -110,6 +124,7 @@ class Ledger:
 
     def fail(self, record: UnitRecord, exc: BaseException) -> UnitRecord:
         err = UnitError(type=type(exc).__name__, message=str(exc), facts=getattr(exc, "facts", {}),
+                        kind="input" if is_input_error(exc) else "transient",
                         traceback="".join(traceback.format_exception(exc))[-4000:])
         return self._put(record.model_copy(update=dict(status="failed", ended_at=_now(), error=err)))
 

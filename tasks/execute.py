@@ -11,9 +11,9 @@ from tasks.registry import get_stage
 from tasks.units import UnitSpec
 
 
-def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitRecord:
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot, run_id: str = "", node: str = "") -> UnitRecord:
     ledger = Ledger(root)
-    record = ledger.start(spec.stage, spec.unit, spec.fingerprint)
+    record = ledger.start(spec.stage, spec.unit, spec.fingerprint, run_id=run_id, node=node)
     try:
         result = get_stage(spec.stage).run(cfg, spec, root)
     except BaseException as exc:

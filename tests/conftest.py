@@ -14,9 +14,9 @@ import yaml
 
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tasks.execute import run_unit
 from tasks.plan import plan_suite
 from tasks.registry import STAGE_NAMES
+from tasks.runner import InProcessExecutor, Runner
 from tasks.stages.tokenize import n_train_seqs
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -131,13 +131,12 @@ def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
 
 
 def run_suite_in_process(cfg, prepared) -> dict:
-    """Every unit of the suite's plan, in registry order, in this process: the flows' unit bookkeeping
-    without Prefect or Ray. Returns the plan."""
-    first = STAGE_NAMES[0]
-    for spec in plan_suite(cfg, prepared.layers, prepared.model_name, None)[first]:
-        run_unit(cfg, spec, prepared.root)
+    """Every unit of the suite's plan through the runner with the in-process executor: the flows' unit
+    bookkeeping and scheduling without Prefect or Ray. Returns the plan."""
+    runner = Runner(Ledger(prepared.root), InProcessExecutor(cfg, prepared.root))
+    first = plan_suite(cfg, prepared.layers, prepared.model_name, None)
+    runner.run(first)
     plan = plan_suite(cfg, prepared.layers, prepared.model_name, n_train_seqs(prepared.root))
-    for stage in STAGE_NAMES[1:]:
-        for spec in plan[stage]:
-            run_unit(cfg, spec, prepared.root)
+    runner.run({k: v for k, v in plan.items() if k != STAGE_NAMES[0]}, all_units={s.key: s for s in first[STAGE_NAMES[0]]})
+    assert not runner.state.failed, sorted(runner.state.failed)
     return plan

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.schedule import Selector
+from tasks.schedule import Selector
 from flows.suite import rerun_command
 from storage.ledger import Ledger
 from storage.root import StorageRoot

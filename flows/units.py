@@ -1,0 +1,63 @@
+"""Units as Prefect tasks on Ray: the runner's executor in the flows.
+
+Each unit is one Prefect task run named `stage:unit` and tagged with its stage, submitted on prefect-ray's
+`RayTaskRunner` with the stage's Ray resources and the task runs of the units it reads as `wait_for`.
+Prefect retries a unit that raised a transient error, with backoff; an input error (bad data, a bad value)
+fails at once. Ray's `max_retries` covers a worker that died (OOM, SIGKILL, a lost node), which is no
+Python exception.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ray
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect_ray.context import remote_options
+
+from flows.config import SuiteConfig
+from storage.errors import is_input_error
+from storage.root import StorageRoot
+from tasks.execute import run_unit
+from tasks.units import UnitSpec
+
+
+@task(name="unit", cache_policy=NO_CACHE, persist_result=False)
+def unit_task(cfg: SuiteConfig, spec: UnitSpec, root: StorageRoot, run_id: str) -> dict:
+    # Prefect passes paths and specs here, never arrays: the unit reads its data itself.
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    record = run_unit(cfg, spec, root, run_id=run_id, node=node)
+    return {"unit": spec.unit, "duration_s": record.duration_s, "metrics": record.metrics}
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry what may pass next time (I/O, network); an input error would only fail again."""
+    return not is_input_error(state.result(raise_on_failure=False))
+
+
+class PrefectRayExecutor:
+    """Submits units as Prefect tasks inside a flow whose task runner is a RayTaskRunner."""
+
+    def __init__(self, cfg: SuiteConfig, root: StorageRoot, run_id: str) -> None:
+        self.cfg, self.root, self.run_id = cfg, root, run_id
+
+    def submit(self, spec: UnitSpec, upstream: list[Any], done: Callable[[], None]) -> Any:
+        orch = self.cfg.orchestration
+        cpus, gpus = self.cfg.unit_resources(spec.stage)
+        options = {"num_cpus": cpus, "max_retries": orch.worker_retries}
+        if gpus:
+            options["num_gpus"] = gpus
+        runnable = unit_task.with_options(task_run_name=f"{spec.stage}:{spec.unit}", tags=[spec.stage],
+                                          retries=orch.task_retries, retry_delay_seconds=orch.retry_delay_seconds,
+                                          retry_condition_fn=retry_transient)
+        with remote_options(**options):
+            future = runnable.submit(self.cfg, spec, self.root, self.run_id, wait_for=upstream)
+        future.add_done_callback(lambda _: done())
+        return future
+
+    def cancel(self, future: Any) -> None:
+        """Kill the unit's worker: Ray does not retry a cancelled task."""
+        try:
+            ray.cancel(future.wrapped_future, force=True)
+        except Exception:  # finished meanwhile, or its worker is already gone
+            pass
