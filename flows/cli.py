@@ -56,10 +56,13 @@ def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
 
 
 def _drain_prefect_logs() -> None:
-    """Send the last queued log lines while the server is still up (else: 'Error logging to API')."""
+    """Send the last queued log lines and events while the server is still up (else they retry against a
+    stopped server at exit: 'Error logging to API', a minute of waiting)."""
+    from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
 
 
 def _execute(config_path: str, rerun: list[dict] | None) -> int:
@@ -72,21 +75,30 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
     for k, v in _QUIET_CONSOLE.items():
         os.environ.setdefault(k, v)
     t0 = time.monotonic()
-    with prefect_api(Path(cfg.orchestration.prefect_home).resolve()) as api_url:
-        console.print(f"Prefect API: {api_url}", highlight=False)
-        from flows.suite import suite_flow
+    # SIGTERM unwinds like Ctrl-C: the runner cancels its units and records them interrupted, then the Ray
+    # instance and the Prefect server this process started are stopped on the way out
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        with prefect_api(Path(cfg.orchestration.prefect_home).resolve()) as api_url:
+            console.print(f"Prefect API: {api_url}", highlight=False)
+            from flows.suite import suite_flow
 
-        state = suite_flow(config_path, rerun=rerun, return_state=True)
-        _drain_prefect_logs()
-        if not state.is_completed():
-            console.print(f"[red]run failed[/red] after {time.monotonic() - t0:.1f} s: {state.message or ''}",
-                          soft_wrap=True)
             try:
-                state.result()
-            except Exception as e:  # the flow's own summary: failed units and the commands that re-run them
-                err_console.print(str(e), highlight=False, soft_wrap=True)
-            return 1
-        result = state.result()
+                state = suite_flow(config_path, rerun=rerun, return_state=True)
+            finally:
+                _drain_prefect_logs()
+            if not state.is_completed():
+                try:
+                    state.result()
+                except Exception as e:  # the flow's own summary: failed units, causes, what to do
+                    err_console.print(f"run failed after {time.monotonic() - t0:.1f} s: {e}", highlight=False,
+                                      soft_wrap=True)
+                return 1
+            result = state.result()
+    except (KeyboardInterrupt, SystemExit):  # Prefect turns SIGTERM into its own exit
+        err_console.print(f"interrupted after {time.monotonic() - t0:.1f} s: running units are recorded "
+                          f"interrupted; `scopeflow run {config_path}` resumes", highlight=False, soft_wrap=True)
+        return 130
     ran = len(result["ran"])
     if ran == 0:
         console.print(f"nothing to do: every unit is complete with a matching fingerprint ({prepared.root.url})",
@@ -237,6 +249,10 @@ def cmd_import(args) -> int:
     console.print(f"evaluations: {prepared.root.path(import_evals_dir(args.name, args.site))}", highlight=False,
                   soft_wrap=True)
     return 0
+
+
+def _interrupt_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _exit_on_sigterm(signum, frame) -> None:
