@@ -69,7 +69,7 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
     try:
         cfg = load_suite_config(config_path)
         with console.status("checking config and model (the embedded model is built once, ~2 min)"):
-            prepared = prepare_suite(cfg, config_path, write=False)
+            prepared = prepare_suite(cfg, config_path, write=False, need_write=True)
     except ConfigError as e:
         return _fail(str(e))
     for k, v in _QUIET_CONSOLE.items():
@@ -230,7 +230,7 @@ def cmd_import(args) -> int:
         cfg = load_suite_config(args.config)
         if args.site not in TL_HOOKS:
             return _fail(f"--site: unknown site {args.site!r} (one of {', '.join(TL_HOOKS)})")
-        prepared = prepare_suite(cfg, args.config, write=False)
+        prepared = prepare_suite(cfg, args.config, write=False, need_write=True)
         hf_config = load_config(cfg.model)
         rows = import_release(cfg, args.release, args.site, args.name, prepared.root, site_width(hf_config, args.site),
                               n_layers(hf_config), prepared.model_name)
