@@ -6,6 +6,7 @@ up and the variable set; config problems are reported before any of that, in one
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -32,10 +33,11 @@ from tasks.stages.tokenize import n_train_seqs
 console = Console()
 err_console = Console(stderr=True)
 
-# Prefect's own INFO lines go to the dashboard; the terminal shows our progress bars and tables.
-_QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-                  "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "WARNING",
-                  "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "WARNING"}
+# Prefect's own lines go to the dashboard and the Prefect logs; the terminal shows our progress bars, tables,
+# and a summary that names each failed unit's cause.
+_QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+#: their records (tracebacks of failed units and flows among them) reach the API only, not the terminal
+_API_ONLY_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -83,6 +85,8 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
             console.print(f"Prefect API: {api_url}", highlight=False)
             from flows.suite import suite_flow
 
+            for name in _API_ONLY_LOGGERS:
+                logging.getLogger(name).propagate = False
             try:
                 state = suite_flow(config_path, rerun=rerun, return_state=True)
             finally:

@@ -7,13 +7,14 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from infra.config import OrchestrationConfig
+from storage.errors import InputError
 from tasks.config import StagesConfig
 from tasks.registry import STAGE_NAMES, get_stage
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, phrased as one line that names the file and the field."""
 
 

@@ -1,6 +1,7 @@
 """Starting or joining Ray for a run, with settings measured to work here (docs/architecture.md, "How a unit runs")."""
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -20,7 +21,9 @@ def init_ray(cfg: OrchestrationConfig) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # Ray 2.60 enables token auth on new local instances
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    kwargs = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False, namespace="scopeflow")
+    # WARNING: Ray's start-up INFO lines would stand between the user and the run's own output
+    kwargs = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False, namespace="scopeflow",
+                  logging_level=logging.WARNING)
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, **kwargs)
     else:

@@ -18,6 +18,7 @@ import zarr
 from sae import SweepPoint, save_gemma_scope_npz, save_saelens, train_saes
 from storage import layout
 from storage.arrays import DecodedRows
+from storage.errors import InputError
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
@@ -72,7 +73,7 @@ def train_site_layer(cfg: StagesConfig, site: str, layer: int, model_name: str, 
     x = DecodedRows(group["x"])
     attrs = dict(group.attrs)
     if x.shape[0] < cfg.sae.batch_size:
-        raise ValueError(f"{layout.shuffled(site, layer)}: {x.shape[0]} rows, fewer than one batch "
+        raise InputError(f"{layout.shuffled(site, layer)}: {x.shape[0]} rows, fewer than one batch "
                          f"(sae.batch_size={cfg.sae.batch_size})")
     scale = norm_scale(attrs)
     ckpt = layout.checkpoint(site, layer)
