@@ -5,6 +5,8 @@ each other, so a path changes in one place and other tools can read this file as
 from __future__ import annotations
 
 SUITE_JSON = "suite.json"
+#: who holds the root: one run at a time (storage/lease.py)
+LEASE = "lease.json"
 TOKENS_TRAIN = "tokens/train"
 TOKENS_EVAL = "tokens/eval"
 REPORT_DIR = "report"
