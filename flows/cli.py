@@ -18,9 +18,11 @@ from rich.table import Table
 
 from flows.config import DEFAULT_CONFIG, ConfigError, SuiteConfig, load_suite_config
 from flows.prepare import open_root, prepare_suite
-from flows.status import stage_status
+from flows.status import lease_line, stage_status
 from infra.prefect_server import prefect_api, start_server, stop_server
 from storage.layout import REPORT_INDEX, import_evals_dir
+from storage.lease import LeaseHeldError
+from storage.lease import current as current_lease
 from tasks.capacity import capacity_plan, describe_groups, load_shape, load_throughputs
 from tasks.lm.model import load_config
 from tasks.lm.sites import TL_HOOKS, n_layers, site_width
@@ -74,6 +76,12 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
             prepared = prepare_suite(cfg, config_path, write=False, need_write=True)
     except ConfigError as e:
         return _fail(str(e))
+    holder = current_lease(prepared.root)
+    if holder is not None and not holder.is_stale():
+        return _fail(str(LeaseHeldError(prepared.root.url, holder)))
+    if holder is not None:
+        err_console.print(f"notice: taking over the lease of {holder.holder()} ({holder.stale_reason()})",
+                          highlight=False, soft_wrap=True)
     for k, v in _QUIET_CONSOLE.items():
         os.environ.setdefault(k, v)
     t0 = time.monotonic()
@@ -135,12 +143,13 @@ def cmd_status(args) -> int:
         return _fail(str(e))
     # no rules and no edge padding: the table fits an 80-column terminal
     table = Table(title=f"suite '{cfg.name}'", title_justify="left", box=None, pad_edge=False)
-    for col in ("stage", "units", "complete", "failed", "running", "pending", "total s", "mean s", "max s"):
+    for col in ("stage", "units", "done", "failed", "running", "stale", "pending", "total s", "mean s", "max s"):
         table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["stage"], *(str(r[k]) for k in ("units", "complete", "failed", "running", "pending")),
+        table.add_row(r["stage"], *(str(r[k]) for k in ("units", "complete", "failed", "running", "stale", "pending")),
                       *(f"{r[k]:.1f}" if r[k] is not None else "-" for k in ("total_s", "mean_s", "max_s")))
     console.print(table)
+    console.print(lease_line(open_root(cfg)), highlight=False, soft_wrap=True)
     for r in rows:
         for unit, msg in r["errors"]:
             console.print(f"[red]{r['stage']}:{unit}[/red] {msg}", highlight=False, soft_wrap=True)

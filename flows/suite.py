@@ -16,6 +16,7 @@ from flows.progress import RunProgress
 from flows.units import PrefectRayExecutor
 from infra.ray_local import init_ray
 from storage.layout import REPORT_INDEX
+from storage.lease import RootLease
 from storage.ledger import Ledger
 from tasks.plan import plan_suite
 from tasks.registry import STAGE_NAMES, get_stage, upstream
@@ -96,15 +97,21 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     run_id = uuid.uuid4().hex[:12]
     runner = Runner(ledger, PrefectRayExecutor(cfg, root, run_id), selectors=[Selector(**s) for s in (rerun or [])],
                     free_waves=cfg.storage.budget_bytes is not None and not cfg.storage.keep_activations)
+    lease = RootLease.acquire(root, run_id).start_heartbeat(on_lost=lambda _: runner.stop())
+    if lease.notice:
+        get_run_logger().warning(lease.notice)
     register_runner(run_id, runner)
-    started_ray = init_ray(cfg.orchestration)
     try:
-        task_runner = RayTaskRunner(address=cfg.orchestration.ray_address)
-        plan = units_flow.with_options(task_runner=task_runner)(cfg, prepared, run_id)
+        started_ray = init_ray(cfg.orchestration)
+        try:
+            task_runner = RayTaskRunner(address=cfg.orchestration.ray_address)
+            plan = units_flow.with_options(task_runner=task_runner)(cfg, prepared, run_id)
+        finally:
+            if started_ray:
+                ray.shutdown()
     finally:
         forget_runner(run_id)
-        if started_ray:
-            ray.shutdown()
+        lease.release()
     state = runner.state
     summary = _stage_summary(plan, state)
     result = {"stages": summary, "root": root.url, "ran": sorted(state.ran), "failed": sorted(state.failed),
