@@ -87,7 +87,7 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
     t0 = time.monotonic()
     # SIGTERM unwinds like Ctrl-C: the runner cancels its units and records them interrupted, then the Ray
     # instance and the Prefect server this process started are stopped on the way out
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         with prefect_api(Path(cfg.orchestration.prefect_home).resolve()) as api_url:
             console.print(f"Prefect API: {api_url}", highlight=False)
@@ -111,6 +111,8 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
         err_console.print(f"interrupted after {time.monotonic() - t0:.1f} s: running units are recorded "
                           f"interrupted; `scopeflow run {config_path}` resumes", highlight=False, soft_wrap=True)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     ran = len(result["ran"])
     if ran == 0:
         console.print(f"nothing to do: every unit is complete with a matching fingerprint ({prepared.root.url})",

@@ -14,6 +14,8 @@ import torch
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from storage.errors import InputError
+
 _STORED_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -49,18 +51,26 @@ def write_rows_unit(array: zarr.Array) -> int:
     return (array.shards or array.chunks)[0]
 
 
-class CorruptChunkError(ValueError):
+class CorruptChunkError(InputError):
     """A chunk whose bytes fail their checksum; names the array (its full path) and the chunk, so the run
-    can point at the unit that wrote it."""
+    can point at the unit that wrote it. Reading the same bytes again fails again: an input error, never
+    retried; the repair is re-running the writer."""
 
     def __init__(self, path: str, chunk: int, rows: tuple[int, int], detail: str):
-        self.path, self.chunk, self.rows = path, chunk, rows
-        super().__init__(f"{path}: chunk {chunk} (rows {rows[0]}-{rows[1] - 1}) is corrupt: {detail}")
+        super().__init__(f"{path}: chunk {chunk} (rows {rows[0]}-{rows[1] - 1}) is corrupt: {detail}",
+                         path=path, chunk=chunk, rows=list(rows))
 
     @property
-    def facts(self) -> dict:
-        """What the ledger records as fields, so the run finds the chunk's producer without parsing text."""
-        return {"path": self.path, "chunk": self.chunk, "rows": list(self.rows)}
+    def path(self) -> str:
+        return self.facts["path"]
+
+    @property
+    def chunk(self) -> int:
+        return self.facts["chunk"]
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        return tuple(self.facts["rows"])
 
 
 def array_path(array: zarr.Array) -> str:

@@ -29,7 +29,7 @@ from storage.root import StorageRoot
 from tasks.execute import run_unit
 from tasks.lm.corpus import HEAD_BYTES
 from tasks.plan import plan_suite
-from tests.conftest import scopeflow, small_suite_dict, write_config
+from tests.helpers import scopeflow, small_suite_dict, write_config
 
 GOOD_LINE = json.dumps({"text": "Jack: Where is the bottle? Rosa: I keep the box every day."}) + "\n"
 

@@ -9,7 +9,7 @@ import pytest
 
 from flows.config import SuiteConfig, load_suite_config
 from tasks.capacity import KNOWN_CONFIGS, ModelShape, capacity_plan, describe_groups, plan_waves
-from tests.conftest import REPO, small_suite_dict
+from tests.helpers import REPO, small_suite_dict
 
 
 def test_gemma_2_2b_holds_about_350_kb_of_activations_per_token():

@@ -9,17 +9,18 @@ import pytest
 from flows.config import SuiteConfig
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.conftest import api_post, changed, end_times, scopeflow, small_suite_dict, write_config
+from tasks.registry import STAGE_NAMES
+from tests.helpers import api_post, changed, cli, end_times, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, prefect_server, embedded_assets):
+def first_run(tmp_path_factory, ray_session, embedded_assets):
     tmp = tmp_path_factory.mktemp("suite")
     cfg_dict = small_suite_dict(tmp)
     path = write_config(tmp / "suite.yaml", cfg_dict)
-    proc = scopeflow(prefect_server, "run", str(path))
+    proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, path, cfg_dict, proc
 
@@ -58,29 +59,37 @@ def test_first_run_writes_every_output_and_ledger_record(first_run):
 
 
 def test_runs_reached_the_prefect_server(first_run, prefect_server):
+    """The dashboard shows the suite, its units subflow, every unit as a task run `stage:unit` tagged with its
+    stage, and a progress artifact per stage."""
     flow_runs = api_post(prefect_server, "/flow_runs/filter", {})
     names = {r["name"] for r in flow_runs}
-    assert {"tokenize", "extract", "shuffle", "train", "evaluate", "report"} <= names
-    assert any(n.startswith("suite:") for n in names)
-    assert all(r["state_type"] == "COMPLETED" for r in flow_runs if r["name"] in ("extract", "train")), flow_runs
-    task_runs = {r["name"] for r in api_post(prefect_server, "/task_runs/filter", {"limit": 200})}
+    assert "units" in names and any(n.startswith("suite:") for n in names)
+    assert all(r["state_type"] == "COMPLETED" for r in flow_runs if r["name"] == "units"), flow_runs
+    task_runs = api_post(prefect_server, "/task_runs/filter", {"limit": 200})
+    by_name = {r["name"]: r for r in task_runs}
     assert {"extract:shard_00000", "extract:shard_00001", "train:res/layer_0", "evaluate:mlp/layer_2",
-            "report:suite"} <= task_runs
+            "report:suite"} <= set(by_name)
+    for name in ("extract:shard_00000", "train:res/layer_0", "report:suite"):
+        assert name.split(":")[0] in by_name[name]["tags"], by_name[name]["tags"]
+    artifacts = api_post(prefect_server, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
+    keys = {a["key"] for a in artifacts}
+    assert {f"scopeflow-{stage}-progress" for stage in STAGE_NAMES} <= keys, keys
+    assert any(a["data"] == 100.0 for a in artifacts if a["key"] == "scopeflow-train-progress"), artifacts
 
 
-def test_rerun_rules(first_run, prefect_server):
+def test_rerun_rules(first_run):
     tmp, path, cfg_dict, _ = first_run
     root = StorageRoot(cfg_dict["storage"]["root"])
 
     t0 = end_times(root)
-    proc = scopeflow(prefect_server, "run", str(path))
+    proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nothing to do" in proc.stdout
     assert changed(t0, end_times(root)) == set()
 
     # one unit's output deleted: that unit and what depends on it
     root.remove("saes/res/layer_2")
-    proc = scopeflow(prefect_server, "run", str(path))
+    proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     t1 = end_times(root)
     assert changed(t0, t1) == {"train:res/layer_2", "evaluate:res/layer_2", "report:suite"}
@@ -88,24 +97,24 @@ def test_rerun_rules(first_run, prefect_server):
     # a training setting changed: every train unit and what depends on it, nothing upstream
     cfg_dict["sae"]["lr"] = 0.002
     write_config(path, cfg_dict)
-    proc = scopeflow(prefect_server, "run", str(path))
+    proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     t2 = end_times(root)
     assert changed(t1, t2) == ({f"{s}:{site}/layer_{layer}" for s in ("train", "evaluate")
                                 for site in ("res", "att", "mlp") for layer in (0, 2)} | {"report:suite"})
 
     # rerun one (site, layer) of one stage: forced, plus its dependents
-    proc = scopeflow(prefect_server, "rerun", str(path), "--stage", "shuffle", "--site", "att", "--layer", "0")
+    proc = cli("rerun", str(path), "--stage", "shuffle", "--site", "att", "--layer", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert changed(t2, end_times(root)) == {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:att/layer_0",
                                             "report:suite"}
 
-    status = scopeflow(prefect_server, "status", str(path))
+    status = cli("status", str(path))
     assert status.returncode == 0, status.stderr
     assert "train" in status.stdout and "6" in status.stdout
 
 
-def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(first_run, prefect_server):
+def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(first_run):
     """One flipped byte in an activation chunk fails the shuffle unit reading it (crc32c) with a message naming
     the array and the chunk; siblings go on, the units behind it wait, nothing is marked complete, and the run
     names the extract unit that wrote the chunk and the command that re-runs it, which repairs the chunk."""
@@ -119,7 +128,7 @@ def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(f
     bad[chunk_bytes + 1000] ^= 0xFF
     shard_file.write_bytes(bytes(bad))
     t0 = end_times(root)
-    proc = scopeflow(prefect_server, "rerun", str(path), "--stage", "shuffle")
+    proc = cli("rerun", str(path), "--stage", "shuffle")
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "shuffle:res/layer_0" in proc.stderr
     assert f"{array}: chunk 1 (rows 4096-" in proc.stderr
@@ -128,14 +137,16 @@ def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(f
     assert repair in proc.stderr
     ledger = Ledger(root)
     failed = ledger.get("shuffle", "res/layer_0")
-    assert failed.status == "failed" and failed.error.type == "CorruptChunkError" and failed.attempt >= 2
+    # the same bytes would fail again: an input error, tried once, with the chunk's facts as fields
+    assert failed.status == "failed" and failed.error.type == "CorruptChunkError" and failed.attempt == 1
+    assert failed.error.kind == "input" and failed.error.facts["path"] == str(array) and failed.error.facts["chunk"] == 1
     assert changed(t0, end_times(root)) >= {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:mlp/layer_2"}
     for stage in ("train", "evaluate"):
         assert ledger.get(stage, "res/layer_0").ended_at.isoformat() == t0[f"{stage}:res/layer_0"]
     assert ledger.get("report", "suite").ended_at.isoformat() == t0["report:suite"]
 
     t1 = end_times(root)
-    fixed = scopeflow(prefect_server, *repair.split()[1:])
+    fixed = cli(*repair.split()[1:])
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
     assert shard_file.read_bytes() == good  # re-extracted bit for bit
     ran = changed(t1, end_times(root))

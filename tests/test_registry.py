@@ -13,7 +13,7 @@ from storage import layout
 from tasks.registry import STAGE_NAMES, STAGES, get_stage, upstream
 from tasks.stages.train import sae_dir
 from tasks.units import suite_fingerprint
-from tests.conftest import small_suite_dict, write_config
+from tests.helpers import small_suite_dict, write_config
 
 # ---------------------------------------------------------------- stages
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import s3fs
 import torch
-import zarr
 
 from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from storage.root import StorageRoot
-from tests.conftest import S3_KEY_ID, S3_SECRET, api_post, run_suite_in_process, scopeflow, small_suite_dict, write_config
+from tests.helpers import S3_KEY_ID, S3_SECRET, api_post, run_suite_in_process, scopeflow, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +76,8 @@ def test_every_stage_writes_to_s3_the_same_bytes_as_local_disk(s3_run, s3_endpoi
     assert not [k for k in got if k.startswith("checkpoints/")]  # removed once the SAEs were written
     compared = {k for k in want if not k.startswith(_LOCATION_DEPENDENT)}
     assert set(got) - set(want) == set() and set(want) - set(got) == set()
-    assert [k for k in sorted(compared) if got[k] != want[k]] == []
+    differing = [k for k in sorted(compared) if got[k] != want[k]]
+    assert differing == [], [(k, got[k][:600], want[k][:600]) for k in differing[:2]]
     assert any(k.startswith("shuffled/") for k in compared) and any(k.endswith("params.npz") for k in compared)
 
 

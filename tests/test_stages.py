@@ -19,20 +19,18 @@ from storage.layout import eval_table as eval_path
 from storage.layout import import_eval_table as import_eval_path
 from storage.layout import shuffled as shuffled_group
 from tasks.execute import run_unit
-from tasks.stages.extract import n_shards
 from tasks.lm.model import load_model, load_tokenizer
 from sae import SweepPoint
 from tasks.stages.train import sae_dir
-from tests.conftest import run_suite_in_process, small_suite_dict
+from tests.helpers import run_suite_in_process, small_suite_dict
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory, embedded_assets):
-    """Runs every unit of a small suite once through the same executor the flows use."""
+    """Runs every unit of a small suite once through the runner, with the in-process executor."""
     tmp = tmp_path_factory.mktemp("stages")
     cfg = SuiteConfig.model_validate(small_suite_dict(tmp))
     prepared = prepare_suite(cfg, "test")
-    root = prepared.root
     plan = run_suite_in_process(cfg, prepared)
     return cfg, prepared, plan
 

@@ -14,14 +14,10 @@ import pytest
 
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.conftest import REPO, small_suite_dict, write_config
-from tests.test_flow_integration import scopeflow
+from tests.helpers import REPO, sae_files, scopeflow, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
 
-
-def _sae_files(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "saes").rglob("*")) if p.is_file()}
 
 
 def test_sigkilled_train_worker_resumes_from_its_checkpoint(tmp_path, prefect_server, embedded_assets):
@@ -32,7 +28,7 @@ def test_sigkilled_train_worker_resumes_from_its_checkpoint(tmp_path, prefect_se
     run = Path(cfg["storage"]["root"])
     proc = scopeflow(prefect_server, "run", str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    clean = _sae_files(run)
+    clean = sae_files(run)
     assert any(k.endswith("params.npz") for k in clean) and not (run / "checkpoints/res/layer_0").exists()
 
     ledger = Ledger(StorageRoot(str(run)))
@@ -56,7 +52,7 @@ def test_sigkilled_train_worker_resumes_from_its_checkpoint(tmp_path, prefect_se
     assert record.status == "complete" and record.attempt == 2 and record.pid != killed_pid
     assert record.metrics["resumed_from_step"] >= 10  # Ray's retry picked up the checkpoint, not step 0
     assert not checkpoint.exists()  # removed once every SAE was written
-    resumed = _sae_files(run)
+    resumed = sae_files(run)
     assert resumed.keys() == clean.keys()
     assert [k for k in clean if resumed[k] != clean[k]] == []
     log = json.loads((run / "state/train/res/layer_0.json").read_text())

@@ -1,0 +1,126 @@
+"""Plain helpers the tests import (`from tests.helpers import ...`); the fixtures live in conftest.py, which
+pytest loads itself and no test imports."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from flows.cli import main
+from storage.ledger import Ledger
+from storage.root import StorageRoot
+from tasks.plan import plan_suite
+from tasks.registry import STAGE_NAMES
+from tasks.runner import InProcessExecutor, Runner
+from tasks.stages.tokenize import n_train_seqs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+
+def small_suite_dict(root: Path, **overrides) -> dict:
+    """A suite small enough to run end to end in well under a minute on 2 cores."""
+    cfg = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
+    cfg["name"] = "test"
+    cfg["storage"]["root"] = str(root / "run")
+    cfg["corpus"].update(max_train_seqs=96, n_eval_seqs=8)
+    cfg["layers"] = [0, 2]
+    cfg["extract"].update(seqs_per_shard=48, batch_size=16)
+    cfg["shuffle"].update(bucket_rows=2048)
+    cfg["sae"].update(widths=[64, 128], lambdas=[0.003, 0.03], batch_size=256, epochs=2, log_every=10,
+                      lambda_warmup_steps=20, lr_warmup_steps=5)
+    cfg["evaluate"].update(batch_size=8)
+    cfg["orchestration"]["prefect_home"] = str(root / "prefect")
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+
+def api_post(api_url: str, path: str, body: dict) -> list[dict]:
+    """The REST API behind the dashboard: what a person would see there."""
+    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+
+def scopeflow(api_url: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, against the session's Prefect server (`env`: more environment variables)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+
+# Credentials the S3 tests put in the standard AWS environment; tests check they are written nowhere.
+S3_KEY_ID, S3_SECRET = "AKIASCOPEFLOWTESTKEY", "scopeflow-test-secret-9f3c1d"
+
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI's own code (`flows.cli.main`) in this process, on the `ray_session` fixture's warm Ray instance
+    and the session's Prefect server: the path a user's command takes, without a new interpreter, Ray
+    instance and cold workers per command (~15 s each here). Tests of signals and processes use `scopeflow`."""
+    saved = {k: os.environ.get(k) for k in ("COLUMNS", *(env or {}))}
+    os.environ.update({"COLUMNS": "160", **(env or {})})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["scopeflow", *args], code, out.getvalue(), err.getvalue())
+
+
+def end_times(root: StorageRoot) -> dict[str, str]:
+    ledger = Ledger(root)
+    return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in STAGE_NAMES for r in ledger.records(s)}
+
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {k for k in after if before.get(k) != after[k]}
+
+
+
+def run_suite_in_process(cfg, prepared) -> dict:
+    """Every unit of the suite's plan through the runner with the in-process executor: the flows' unit
+    bookkeeping and scheduling without Prefect or Ray. Returns the plan."""
+    runner = Runner(Ledger(prepared.root), InProcessExecutor(cfg, prepared.root))
+    first = plan_suite(cfg, prepared.layers, prepared.model_name, None)
+    runner.run(first)
+    plan = plan_suite(cfg, prepared.layers, prepared.model_name, n_train_seqs(prepared.root))
+    runner.run({k: v for k, v in plan.items() if k != STAGE_NAMES[0]}, all_units={s.key: s for s in first[STAGE_NAMES[0]]})
+    assert not runner.state.failed, sorted(runner.state.failed)
+    return plan
+
+
+def sae_files(run: Path) -> dict[str, bytes]:
+    """Every file under a local run's saes/, by relative path: what byte-identity checks compare."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "saes").rglob("*")) if p.is_file()}
