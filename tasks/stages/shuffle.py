@@ -20,6 +20,10 @@ from tasks.config import SITES, StagesConfig
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
 
+#: bump when the statistics' arithmetic changes (2: sums of squares without BLAS, thread-count independent)
+STATS_VERSION = 2
+
+
 def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
     """One unit per (site, layer), reading every extract shard of its wave (the all-to-all edge)."""
     cfg = ctx.cfg
@@ -28,7 +32,8 @@ def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
         sources = [u for u in planned["extract"] if u.wave == w]
         units.append(UnitSpec(stage="shuffle", unit=site_layer(site, layer), site=site, layer=layer, wave=w,
                               deps=[u.key for u in sources], n_shards=ctx.n_shards,
-                              fingerprint=fingerprint("shuffle", FORMAT_VERSION, [u.fingerprint for u in sources],
+                              fingerprint=fingerprint("shuffle", FORMAT_VERSION, STATS_VERSION,
+                                                      [u.fingerprint for u in sources],
                                                       cfg.shuffle.bucket_rows, cfg.sae.batch_size,
                                                       cfg.storage.shard_chunks, cfg.seed, site, layer)))
     return units
@@ -62,12 +67,14 @@ class ConcatRows:
 
 def stored_row_sums(raw: np.ndarray, dtype: str, step: int = 1024) -> tuple[np.ndarray, float]:
     """Per-column sum and the sum of squared norms of stored rows, in float64, a slice of rows at a time so no
-    temporary is bucket-sized (float64 copies of a whole bucket were most of the shuffle's memory)."""
+    temporary is bucket-sized (float64 copies of a whole bucket were most of the shuffle's memory). No BLAS:
+    a BLAS dot product's rounding depends on its thread count, which differs between a 1-CPU Ray task, an
+    8-CPU one and a notebook, and the statistics must not."""
     total, sq = np.zeros(raw.shape[1]), 0.0
     for lo in range(0, len(raw), step):
         f = decode_rows(raw[lo:lo + step], dtype).double().numpy()
         total += f.sum(0)
-        sq += float(np.dot(f.ravel(), f.ravel()))
+        sq += float(np.square(f).sum())  # numpy's own pairwise sum: the same bits whatever BLAS's threads
     return total, sq
 
 
