@@ -14,19 +14,18 @@ import pytest
 
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.helpers import REPO, sae_files, scopeflow, small_suite_dict, write_config
+from tests.helpers import REPO, cli, sae_files, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
 
 
-
-def test_sigkilled_train_worker_resumes_from_its_checkpoint(tmp_path, prefect_server, embedded_assets):
+def test_sigkilled_train_worker_resumes_from_its_checkpoint(tmp_path, prefect_server, ray_session, embedded_assets):
     # one (site, layer), SAEs wide enough that training lasts seconds, a checkpoint every 10 of ~190 steps
     cfg = small_suite_dict(tmp_path, sites=["res"], layers=[0])
     cfg["sae"].update(widths=[1024, 2048], epochs=4, checkpoint_every=10)
     path = write_config(tmp_path / "suite.yaml", cfg)
     run = Path(cfg["storage"]["root"])
-    proc = scopeflow(prefect_server, "run", str(path))
+    proc = cli("run", str(path))  # the clean reference; the killed run below is a process of its own
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     clean = sae_files(run)
     assert any(k.endswith("params.npz") for k in clean) and not (run / "checkpoints/res/layer_0").exists()
