@@ -25,6 +25,16 @@ from tasks.stages.train import sae_dir
 from tests.helpers import run_suite_in_process, small_suite_dict
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The units on one thread, as a Ray worker (num_cpus=1) runs them: on a busy 2-core machine two
+    intra-op threads per op spin against each other for many times the single-thread time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory, embedded_assets):
     """Runs every unit of a small suite once through the runner, with the in-process executor."""

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_sigkilled_train_worker_resumes_from_its_checkpoint(tmp_path, prefect_server, ray_session, embedded_assets):
-    # one (site, layer), SAEs wide enough that training lasts seconds, a checkpoint every 10 of ~190 steps
+    # one (site, layer), SAEs wide enough that training lasts seconds, a checkpoint every 10 of ~95 steps: the
+    # kill at the first checkpoint leaves 85 steps and an epoch boundary to resume through
     cfg = small_suite_dict(tmp_path, sites=["res"], layers=[0])
-    cfg["sae"].update(widths=[1024, 2048], epochs=4, checkpoint_every=10)
+    cfg["sae"].update(widths=[1024, 2048], epochs=2, checkpoint_every=10)
     path = write_config(tmp_path / "suite.yaml", cfg)
     run = Path(cfg["storage"]["root"])
     proc = cli("run", str(path))  # the clean reference; the killed run below is a process of its own
