@@ -30,7 +30,7 @@ from storage.lease import current as current_lease
 from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.registry import STAGE_NAMES
-from tests.conftest import REPO, api_post, scopeflow, small_suite_dict, write_config
+from tests.helpers import REPO, api_post, scopeflow, small_suite_dict, write_config
 from tests.tcp_proxy import TcpProxy
 from tests.test_s3 import _LOCATION_DEPENDENT, _files, _run_in_process
 
