@@ -338,7 +338,9 @@ def lease_runs(tmp_path_factory, prefect_server, reference):
     f["a_procs"] = _processes(a.ray_tmp)
     a.proc.kill()
     a.proc.wait()
-    f["a_ray_gone_s"] = _gone_within(a.ray_tmp, 15)
+    # a SIGKILLed driver cleans nothing up: Ray's own processes notice by polling (over 15 s seen on a loaded
+    # 2-core machine); the next run does not wait for them (it starts a Ray instance of its own)
+    f["a_ray_gone_s"] = _gone_within(a.ray_tmp, 60)
     f["after_kill"] = _statuses(root)
     s = scopeflow(prefect_server, "status", path)
     f["status_stale_rc"], f["status_stale"] = s.returncode, s.stdout
