@@ -20,6 +20,7 @@ from flows.config import ConfigError, SuiteConfig
 from storage.layout import SUITE_JSON
 from storage.root import StorageRoot
 from tasks.lm.corpus import check_corpus_heads, expand_paths
+from tasks.lm.embedded import publish_embedded_assets
 from tasks.lm.model import load_config, resolve_model_path
 from tasks.lm.sites import n_layers, site_table
 from tasks.units import suite_fingerprint
@@ -175,6 +176,8 @@ def prepare_suite(cfg: SuiteConfig, config_path: str, write: bool = True, need_w
     # the name SAELens/Neuronpedia know the model by: a hub id as given, else the folder name
     model_name = cfg.model.name_or_path if model_path == cfg.model.name_or_path else Path(model_path).name
     if write:
+        if any(p.startswith("embedded:") for p in [cfg.model.name_or_path, *cfg.corpus.paths]):
+            publish_embedded_assets(root)  # what the nodes copy into their caches ("Scale")
         versions = {}
         for pkg in _VERSIONED:
             try:

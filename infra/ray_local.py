@@ -10,7 +10,9 @@ from infra.config import OrchestrationConfig
 
 # Prefect variables the workers need to report to the driver's server, not start their own.
 _FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
-                  "PREFECT_LOGGING_LEVEL", "SCOPEFLOW_CACHE")
+                  "PREFECT_LOGGING_LEVEL")
+# Paths of the driver's machine: a local instance's workers share them; a cluster's nodes keep their own.
+_LOCAL_ONLY_ENV = ("SCOPEFLOW_CACHE",)
 
 
 def init_ray(cfg: OrchestrationConfig) -> bool:
@@ -20,7 +22,8 @@ def init_ray(cfg: OrchestrationConfig) -> bool:
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # Ray 2.60 enables token auth on new local instances
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    forwarded = _FORWARDED_ENV if cfg.ray_address else _FORWARDED_ENV + _LOCAL_ONLY_ENV
+    env_vars = {k: os.environ[k] for k in forwarded if k in os.environ}
     # WARNING: Ray's start-up INFO lines would stand between the user and the run's own output
     kwargs = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False, namespace="scopeflow",
                   logging_level=logging.WARNING)

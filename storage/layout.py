@@ -64,6 +64,12 @@ def import_eval_table(name: str, site: str, layer: int) -> str:
     return f"{import_evals_dir(name, site)}/layer_{layer}.parquet"
 
 
+def embedded_assets(version: int) -> str:
+    """The embedded corpus, tokenizer and model as the driver built them (a copy of its cache folder plus
+    `files.json`, the sha256 of each file, written last): a node whose cache lacks them copies them from here."""
+    return f"assets/embedded-v{version}"
+
+
 def unit_record(stage: str, unit: str) -> str:
     """The ledger record of one unit (unit ids may hold '/', e.g. `res/layer_3`)."""
     return f"{STATE_DIR}/{stage}/{unit}.json"

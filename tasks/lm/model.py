@@ -27,7 +27,8 @@ def resolve_model_path(name_or_path: str) -> str:
     looks_local = name_or_path.startswith((".", "/", "~")) or p.exists() or name_or_path.count("/") > 1
     if looks_local:
         if not p.is_dir():
-            raise FileNotFoundError(f"model.name_or_path: model folder does not exist: {name_or_path}")
+            raise FileNotFoundError(f"model.name_or_path: model folder does not exist: {name_or_path} (a model "
+                                    f"given as a local folder must exist at this path on every Ray node)")
         return str(p.resolve())
     return name_or_path
 

@@ -9,13 +9,17 @@ pipeline loads it through exactly the code path that loads google/gemma-2-2b.
 
 Assets are built once into a cache folder (atomically, under a file lock) and reused. The modules follow
 those jobs: spec (names, version, build parameters), lexicon, phrases and grammar (the corpus), tokenizer,
-tiny_model (config and training) and cache (the locked build); this package re-exports what callers use.
+tiny_model (config and training) and cache (the locked build, and its copy on the storage root for the
+nodes of a cluster); this package re-exports what callers use.
 """
 from tasks.lm.embedded.cache import (
+    PUBLISHED_INDEX,
     EmbeddedAssets,
+    assets_source,
     build_embedded_assets,
     default_cache_dir,
     ensure_embedded_assets,
+    publish_embedded_assets,
     resolve_embedded,
 )
 from tasks.lm.embedded.grammar import generate_corpus, generate_document, read_corpus
@@ -51,16 +55,19 @@ __all__ = [
     "EOS_ID",
     "MANIFEST_FILE",
     "PAD_ID",
+    "PUBLISHED_INDEX",
     "SPECIAL_TOKENS",
     "STATS_FILE",
     "TRAIN_CTX",
     "UNK_ID",
     "EmbeddedAssets",
+    "assets_source",
     "build_embedded_assets",
     "default_cache_dir",
     "ensure_embedded_assets",
     "generate_corpus",
     "generate_document",
+    "publish_embedded_assets",
     "read_corpus",
     "resolve_embedded",
     "save_tokenizer",

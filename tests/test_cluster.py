@@ -1,0 +1,408 @@
+"""The suite on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: a head with no CPUs for
+units, worker nodes each with its own cache, Hugging Face home and temp dir), its root on the tests' S3
+endpoint, run through the CLI as a user runs it: the same bytes as one local node, units on several nodes,
+nothing read from the driver's disk, and a node removed without grace while an extract or a train unit runs
+on it, after which the unit is retried on another node and every output is still the same.
+
+To remove a node "while a unit runs on it" without racing a unit that lasts a fraction of a second here, a
+gate in the S3 endpoint (moto's server runs in this process) holds a chosen PUT of that unit: the node is
+removed while the unit waits on it, and the held PUT is dropped once the unit's worker is gone."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from moto.s3.models import S3Backend
+
+from flows.config import ConfigError, load_suite_config
+from flows.prepare import prepare_suite
+from storage.ledger import Ledger
+from storage.root import StorageRoot
+from tasks.lm.embedded import EMBEDDED_VERSION
+from tasks.registry import STAGE_NAMES
+from tests.conftest import REPO, scopeflow, small_suite_dict, write_config
+from tests.test_s3 import _files
+
+pytestmark = pytest.mark.slow
+
+BUCKET_ROOT = "scopeflow-test/cluster/run"
+ASSETS = f"embedded-v{EMBEDDED_VERSION}"
+# What names its own location or time (compared by content elsewhere), and what a run removes when done.
+_NOT_COMPARED = ("state/", "suite.json", "report/", "checkpoints/")
+# Node death noticed in ~2 s rather than Ray's default ~15 s (a test setting, not scopeflow's).
+_FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
+                       "health_check_failure_threshold": 3}
+
+
+def _suite(tmp: Path, root: str, endpoint: str | None, ray_address: str | None) -> dict:
+    cfg = small_suite_dict(tmp, sites=["res", "mlp"], layers=[1])
+    cfg["storage"]["root"] = root
+    cfg["sae"]["checkpoint_every"] = 5  # a runtime field: not in any fingerprint
+    if endpoint:
+        cfg["storage"]["storage_options"] = {"endpoint_url": endpoint}
+    if ray_address:
+        cfg["orchestration"]["ray_address"] = ray_address
+    return cfg
+
+
+class _Hold:
+    """One PUT to hold: the `skip+1`-th whose bucket/key matches `pattern`."""
+
+    def __init__(self, pattern: str, skip: int) -> None:
+        self.pattern, self.skip = re.compile(pattern), skip
+        self.hit, self.released = threading.Event(), threading.Event()
+
+
+class _PutGate:
+    """Holds chosen PUTs in moto's server until released, then fails them (their client is dead by then): the
+    unit that sent one is held mid-run, its ledger record `running`. Each hold fires once, so a retry's PUT
+    goes through."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds: list[_Hold] = []
+
+    def arm(self, pattern: str, skip: int = 0) -> _Hold:
+        hold = _Hold(pattern, skip)
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def release_all(self) -> None:
+        with self._lock:
+            holds, self._holds = self._holds, []
+        for h in holds:
+            h.released.set()
+
+    def held(self, key: str) -> bool:
+        """`key`: bucket/key."""
+        with self._lock:
+            hold = next((h for h in self._holds if h.pattern.search(key)), None)
+            if hold is None:
+                return False
+            if hold.skip:
+                hold.skip -= 1
+                return False
+            self._holds.remove(hold)
+        hold.hit.set()
+        hold.released.wait(120)
+        return True
+
+
+@pytest.fixture(scope="module")
+def put_gate():
+    gate = _PutGate()
+    original = S3Backend.put_object
+
+    def put_object(self, bucket_name, key_name, value, *args, **kwargs):
+        if gate.held(f"{bucket_name}/{key_name}"):
+            raise ConnectionAbortedError(f"test gate: the node that sent PUT {key_name} was removed")
+        return original(self, bucket_name, key_name, value, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(S3Backend, "put_object", put_object)
+        yield gate
+        gate.release_all()
+
+
+class _LocalCluster:
+    """A head that runs no unit (num_cpus=0) and worker nodes of one CPU, each with its own SCOPEFLOW_CACHE,
+    HF_HOME and TMPDIR through the node's environment (its raylet's, which its workers inherit)."""
+
+    def __init__(self, base: Path) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.base, self.node_dirs, self._n = base, {}, 0
+        (base / "ray").mkdir()
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "temp_dir": str(base / "ray"), "include_dashboard": False,
+            "_system_config": _FAST_HEALTH_CHECKS})
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    @property
+    def head_id(self) -> str:
+        return self.cluster.head_node.node_id
+
+    def add_node(self, wait: bool = True):
+        home = self.base / f"node{self._n}"
+        self._n += 1
+        env = {"SCOPEFLOW_CACHE": str(home / "cache"), "HF_HOME": str(home / "hf"), "TMPDIR": str(home / "tmp")}
+        for d in env.values():
+            Path(d).mkdir(parents=True)
+        node = self.cluster.add_node(wait=wait, num_cpus=1, env_vars=env)
+        self.node_dirs[node.node_id] = home
+        return node
+
+    def node(self, node_id: str):
+        return next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
+    # short: Ray's socket paths live under it; and Ray's address file goes here, not into /tmp/ray
+    base = Path(tempfile.mkdtemp(prefix="sfk-", dir="/tmp"))
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(base)
+    on_sigterm = signal.getsignal(signal.SIGTERM)  # Ray's nodes install their own in this process
+    c = _LocalCluster(base)
+    try:
+        c.add_node(wait=False)
+        c.add_node(wait=False)
+        c.cluster.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class _Reference:
+    """The same suite on one local node: every unit in one process with one thread, as a Ray worker of one
+    CPU runs it (Ray sets OMP_NUM_THREADS=1, which numpy's BLAS reads at import: its float64 dot sums in
+    another order with two threads, so this runs in a fresh process). It runs while the cluster's run does."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.cfg = _suite(tmp, str(tmp / "local"), None, None)
+        code = "import json, sys; from tests.test_s3 import _run_in_process; _run_in_process(json.loads(sys.argv[1]))"
+        self._proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(self.cfg)], cwd=REPO, text=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self._result = None
+
+    def result(self) -> tuple[dict[str, bytes], dict[str, str]]:
+        if self._result is None:
+            _, err = self._proc.communicate(timeout=300)
+            assert self._proc.returncode == 0, err[-3000:]
+            root = StorageRoot(self.cfg["storage"]["root"])
+            self._result = _outputs(root), _fingerprints(root)
+        return self._result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, embedded_assets):
+    ref = _Reference(tmp_path_factory.mktemp("one-node"))
+    yield ref
+    ref.result()  # never left running
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, cluster, s3_endpoint, prefect_server, embedded_assets, put_gate, reference):
+    tmp = tmp_path_factory.mktemp("cluster")
+    driver_cache = tmp / "driver-cache"  # the driver's own cache: a copy of the session's build
+    shutil.copytree(embedded_assets.model_dir.parent, driver_cache / ASSETS)
+    before = _tree(driver_cache)
+    path = write_config(tmp / "suite.yaml", _suite(tmp, f"s3://{BUCKET_ROOT}", s3_endpoint, cluster.address))
+    env = {"SCOPEFLOW_CACHE": str(driver_cache)}
+    proc = scopeflow(prefect_server, "run", str(path), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = StorageRoot(f"s3://{BUCKET_ROOT}", {"endpoint_url": s3_endpoint})
+    return {"path": path, "env": env, "proc": proc, "root": root, "driver_cache": driver_cache,
+            "driver_before": before}
+
+
+def _outputs(root: StorageRoot) -> dict[str, bytes]:
+    return {k: v for k, v in _files(root).items() if not k.startswith(_NOT_COMPARED)}
+
+
+def _fingerprints(root: StorageRoot) -> dict[str, str]:
+    ledger = Ledger(root)
+    return {f"{s}:{r.unit}": r.fingerprint for s in STAGE_NAMES for r in ledger.records(s)}
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _assert_same_as_one_node(root: StorageRoot, reference: _Reference) -> None:
+    want, want_fps = reference.result()
+    got = _outputs(root)
+    assert sorted(got) == sorted(want)
+    assert [k for k in sorted(want) if got[k] != want[k]] == []
+    assert any(k.startswith("saes/") and k.endswith("params.npz") for k in got) and "evals/res/layer_1.parquet" in got
+    assert _fingerprints(root) == want_fps
+    assert not [k for k in _files(root) if k.startswith("checkpoints/")]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _kill_node_at(hold: _Hold, cluster: _LocalCluster, proc: subprocess.Popen, ledger: Ledger,
+                  stage: str, unit: str) -> tuple[str, int]:
+    """Once the unit is held: remove its node without grace, add a replacement node (its own environment),
+    wait until the unit's worker is dead, then drop the held PUT. Returns (node id, pid) of the dead one."""
+    deadline = time.monotonic() + 240
+    while not hold.hit.wait(0.2):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended before {stage}:{unit} reached the gate:\n{out[-2000:]}{err[-2000:]}")
+        assert time.monotonic() < deadline, f"{stage}:{unit} never reached the gate"
+    rec = ledger.get(stage, unit)
+    assert rec.status == "running" and rec.node and rec.node != cluster.head_id and rec.pid, rec
+    cluster.cluster.remove_node(cluster.node(rec.node), allow_graceful=False)
+    cluster.add_node(wait=False)  # joins while the unit is retried on the node that is left
+    deadline = time.monotonic() + 60
+    while not _gone(rec.pid):
+        assert time.monotonic() < deadline, f"the worker {rec.pid} outlived its node"
+        time.sleep(0.1)
+    hold.released.set()
+    return rec.node, rec.pid
+
+
+def _start(api_url: str, env: dict, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160", **env}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_cluster_run_is_byte_identical_to_one_local_node(clean_run, cluster, reference):
+    proc, root = clean_run["proc"], clean_run["root"]
+    assert "ran 10 unit(s)" in proc.stdout  # tokenize, 2 extract, 2 x (shuffle, train, evaluate), report
+    _assert_same_as_one_node(root, reference)
+    ledger = Ledger(root)
+    nodes = {f"{s}:{r.unit}": r.node for s in STAGE_NAMES for r in ledger.records(s)}
+    assert all(nodes.values()), nodes  # every record names the Ray node it ran on
+    assert set(nodes.values()) <= set(cluster.node_dirs) and cluster.head_id not in nodes.values()
+    assert len(set(nodes.values())) >= 2, nodes
+
+
+def _assert_nodes_use_their_own_caches(clean_run, cluster: _LocalCluster) -> None:
+    """Every node that ran a stage reading the corpus, the tokenizer or the model holds a cache of its own: a
+    copy of the driver's build (fetched from the root), not a build of its own (even the manifest's build
+    timings agree); and the driver's cache is untouched."""
+    root, driver = clean_run["root"], clean_run["driver_cache"] / ASSETS
+    want = _tree_bytes(driver)
+    ran_on = {r.node for s in ("tokenize", "extract", "evaluate") for r in Ledger(root).records(s)}
+    for node_id in ran_on:
+        own = cluster.node_dirs[node_id] / "cache" / ASSETS
+        assert (own / "COMPLETE").is_file(), f"node {node_id[:8]} has no cache of its own"
+        assert _tree_bytes(own) == want
+    assert _tree(clean_run["driver_cache"]) == clean_run["driver_before"]
+
+
+def test_units_read_the_embedded_assets_from_their_nodes_own_caches(clean_run, cluster):
+    root = clean_run["root"]
+    published = f"assets/{ASSETS}"
+    assert root.exists(f"{published}/files.json") and root.exists(f"{published}/model/model.safetensors")
+    _assert_nodes_use_their_own_caches(clean_run, cluster)
+
+
+def test_published_assets_are_copied_checked_and_never_replaced(tmp_path, embedded_assets):
+    from tasks.lm.embedded import ensure_embedded_assets, publish_embedded_assets
+
+    root = StorageRoot(str(tmp_path / "root"))
+    assert publish_embedded_assets(root) == "published"  # this machine's build (the session's cache)
+    assert publish_embedded_assets(root) == "present"
+    built = embedded_assets.model_dir.parent
+    fetched = ensure_embedded_assets(tmp_path / "node", source=root).model_dir.parent
+    assert fetched == tmp_path / "node" / ASSETS
+    assert _tree_bytes(fetched) == _tree_bytes(built)
+    root.write_bytes(f"assets/{ASSETS}/model/model.safetensors", b"not the weights")
+    with pytest.raises(OSError, match=r"model\.safetensors does not match its sha256 in files\.json; delete "):
+        ensure_embedded_assets(tmp_path / "other", source=root)
+    assert not (tmp_path / "other" / ASSETS).exists()  # nothing half-copied under the final name
+    index = root.read_json(f"assets/{ASSETS}/files.json")
+    root.write_json(f"assets/{ASSETS}/files.json", {**index, "corpus.jsonl": "0" * 64})
+    assert publish_embedded_assets(root) == "kept"  # another build: the root's outputs were computed from it
+    assert root.read_json(f"assets/{ASSETS}/files.json")["corpus.jsonl"] == "0" * 64
+
+
+def test_the_drivers_cache_folder_is_forwarded_to_a_local_instance_only(monkeypatch):
+    import ray
+
+    from infra.config import OrchestrationConfig
+    from infra.ray_local import init_ray
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw["runtime_env"]["env_vars"]))
+    monkeypatch.setenv("SCOPEFLOW_CACHE", "/driver/cache")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    init_ray(OrchestrationConfig(ray_address="10.0.0.1:6379"))
+    init_ray(OrchestrationConfig())
+    cluster_env, local_env = seen
+    assert "SCOPEFLOW_CACHE" not in cluster_env and local_env["SCOPEFLOW_CACHE"] == "/driver/cache"
+    assert cluster_env["PREFECT_API_URL"] == local_env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+
+
+def test_a_local_model_folder_must_exist_and_is_checked_at_prepare(tmp_path):
+    # on the driver, before Ray is joined or anything written (the CLI prints this line: tests/test_bad_input.py)
+    cfg = _suite(tmp_path, str(tmp_path / "run"), None, "127.0.0.1:6379")
+    cfg["model"]["name_or_path"] = str(tmp_path / "no-such-model")
+    path = write_config(tmp_path / "suite.yaml", cfg)
+    with pytest.raises(ConfigError) as e:
+        prepare_suite(load_suite_config(path), str(path), write=False, need_write=True)
+    assert str(e.value) == (f"{path}: model.name_or_path: model folder does not exist: {tmp_path}/no-such-model "
+                            f"(a model given as a local folder must exist at this path on every Ray node)")
+    assert not (tmp_path / "run").exists()
+    assert "must exist on every node" in (REPO / "docs/architecture.md").read_text()
+    assert "must exist on every node" in (REPO / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def node_deaths(clean_run, cluster, put_gate, prefect_server):
+    """One re-run of extract shard 0 and everything downstream (shuffle, train, evaluate, report), in which a
+    node is removed while extract shard 0 runs on it, and another while train res/layer_1 runs on it after
+    its first checkpoint (its second checkpoint is held)."""
+    ledger = Ledger(clean_run["root"])
+    extract = put_gate.arm(rf"^{re.escape(BUCKET_ROOT)}/activations/res/layer_1/shard_00000/")
+    train = put_gate.arm(rf"^{re.escape(BUCKET_ROOT)}/checkpoints/res/layer_1/state\.pt$", skip=1)
+    proc = _start(prefect_server, clean_run["env"], "rerun", str(clean_run["path"]), "--stage", "extract",
+                  "--shard", "0")
+    try:
+        killed = {"extract": _kill_node_at(extract, cluster, proc, ledger, "extract", "shard_00000"),
+                  "train": _kill_node_at(train, cluster, proc, ledger, "train", "res/layer_1")}
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return ledger, killed
+
+
+def test_a_node_removed_while_an_extract_unit_runs(node_deaths, clean_run, cluster, reference):
+    ledger, killed = node_deaths
+    node, pid = killed["extract"]
+    rec = ledger.get("extract", "shard_00000")
+    assert rec.status == "complete" and rec.attempt >= 2 and rec.node not in ("", node) and rec.pid != pid
+    _assert_same_as_one_node(clean_run["root"], reference)
+    _assert_nodes_use_their_own_caches(clean_run, cluster)  # a replacement node too, if it ran one
+
+
+def test_a_node_removed_while_a_train_unit_runs(node_deaths, clean_run, reference):
+    ledger, killed = node_deaths
+    node, pid = killed["train"]
+    rec = ledger.get("train", "res/layer_1")
+    assert rec.status == "complete" and rec.attempt >= 2 and rec.node not in ("", node) and rec.pid != pid
+    assert rec.metrics["resumed_from_step"] >= 5  # from its checkpoint on the root, not from step 0
+    _assert_same_as_one_node(clean_run["root"], reference)
