@@ -25,13 +25,18 @@ import psutil
 import pytest
 from moto.s3.models import S3Backend
 
+import ray
+from ray.cluster_utils import Cluster
+
 from flows.config import ConfigError, load_suite_config
+from infra.config import OrchestrationConfig
+from infra.ray_local import init_ray
 from flows.prepare import prepare_suite
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tasks.lm.embedded import EMBEDDED_VERSION
+from tasks.lm.embedded import EMBEDDED_VERSION, ensure_embedded_assets, publish_embedded_assets
 from tasks.registry import STAGE_NAMES
-from tests.conftest import REPO, scopeflow, small_suite_dict, write_config
+from tests.helpers import REPO, scopeflow, small_suite_dict, write_config
 from tests.test_s3 import _files
 
 pytestmark = pytest.mark.slow
@@ -121,8 +126,6 @@ class _LocalCluster:
     HF_HOME and TMPDIR through the node's environment (its raylet's, which its workers inherit)."""
 
     def __init__(self, base: Path) -> None:
-        from ray.cluster_utils import Cluster
-
         self.base, self.node_dirs, self._n = base, {}, 0
         (base / "ray").mkdir()
         self.cluster = Cluster(initialize_head=True, head_node_args={
@@ -317,8 +320,6 @@ def test_units_read_the_embedded_assets_from_their_nodes_own_caches(clean_run, c
 
 
 def test_published_assets_are_copied_checked_and_never_replaced(tmp_path, embedded_assets):
-    from tasks.lm.embedded import ensure_embedded_assets, publish_embedded_assets
-
     root = StorageRoot(str(tmp_path / "root"))
     assert publish_embedded_assets(root) == "published"  # this machine's build (the session's cache)
     assert publish_embedded_assets(root) == "present"
@@ -337,11 +338,6 @@ def test_published_assets_are_copied_checked_and_never_replaced(tmp_path, embedd
 
 
 def test_the_drivers_cache_folder_is_forwarded_to_a_local_instance_only(monkeypatch):
-    import ray
-
-    from infra.config import OrchestrationConfig
-    from infra.ray_local import init_ray
-
     seen = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw["runtime_env"]["env_vars"]))
