@@ -27,8 +27,9 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/scopeflow run $(CONFIG)
 
+# Several workers on 2 cores: the integration scenarios wait more than they compute (tests/conftest.py).
 test: $(VENV)/.interop
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadscope
 
 clean:
 	rm -rf runs/tiny

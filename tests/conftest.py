@@ -28,6 +28,19 @@ _PREFECT_PORT = free_port()
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
 
 
+# The modules whose scenarios take longest, in the order they are handed out: `make test` runs the suite on
+# several pytest-xdist workers, one module each at a time (--dist loadscope, so a module's fixtures run once),
+# and a long module started last would finish alone. Much of each scenario is waiting on processes, signals,
+# a node's death or a 30 s outage, which is why more workers than cores pay.
+_SLOWEST_FIRST = ("test_faults", "test_outage", "test_cluster", "test_flow_integration", "test_bad_input",
+                  "test_waves", "test_stages", "test_deployments")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
 @pytest.fixture(scope="session")
 def embedded_assets():
     return ensure_embedded_assets()

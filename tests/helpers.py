@@ -11,9 +11,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import torch
 import yaml
 
 from flows.cli import main
+from flows.config import SuiteConfig
+from flows.prepare import prepare_suite
 from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.plan import plan_suite
@@ -22,7 +25,6 @@ from tasks.runner import InProcessExecutor, Runner
 from tasks.stages.tokenize import n_train_seqs
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 
 def small_suite_dict(root: Path, **overrides) -> dict:
@@ -47,11 +49,9 @@ def small_suite_dict(root: Path, **overrides) -> dict:
     return cfg
 
 
-
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
 
 
 def api_post(api_url: str, path: str, body: dict) -> list[dict]:
@@ -60,7 +60,6 @@ def api_post(api_url: str, path: str, body: dict) -> list[dict]:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
-
 
 
 def scopeflow(api_url: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -73,7 +72,6 @@ def scopeflow(api_url: str, *args: str, timeout: int = 300, env: dict | None = N
 
 # Credentials the S3 tests put in the standard AWS environment; tests check they are written nowhere.
 S3_KEY_ID, S3_SECRET = "AKIASCOPEFLOWTESTKEY", "scopeflow-test-secret-9f3c1d"
-
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -103,10 +101,8 @@ def end_times(root: StorageRoot) -> dict[str, str]:
     return {f"{s}:{r.unit}": r.ended_at.isoformat() for s in STAGE_NAMES for r in ledger.records(s)}
 
 
-
 def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {k for k in after if before.get(k) != after[k]}
-
 
 
 def run_suite_in_process(cfg, prepared) -> dict:
@@ -124,3 +120,50 @@ def run_suite_in_process(cfg, prepared) -> dict:
 def sae_files(run: Path) -> dict[str, bytes]:
     """Every file under a local run's saes/, by relative path: what byte-identity checks compare."""
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "saes").rglob("*")) if p.is_file()}
+
+
+def run_in_process(cfg_dict: dict) -> StorageRoot:
+    """Every unit of the suite in this process, with one torch thread as in a Ray worker of one CPU (Ray sets
+    OMP_NUM_THREADS to the unit's num_cpus): bit-for-bit equality holds for equal thread counts."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = SuiteConfig.model_validate(cfg_dict)
+        prepared = prepare_suite(cfg, "local-reference")
+        run_suite_in_process(cfg, prepared)
+        return prepared.root
+    finally:
+        torch.set_num_threads(threads)
+
+
+def root_files(root: StorageRoot) -> dict[str, bytes]:
+    """Every file under a storage root (local or S3), by its path inside the root."""
+    base = root.fs_path("")
+    return {p[len(base) + 1:]: root.fs.cat_file(p) for p in root.fs.find(base)}
+
+
+class ReferenceRun:
+    """A clean run of a suite on one local node, in a process of its own started at once, so it runs while
+    the scenario it is compared with does (much of which is waiting). One thread, as a Ray worker of one CPU:
+    numpy's BLAS reads OMP_NUM_THREADS at import, so this cannot be the test's own process."""
+
+    def __init__(self, cfg_dict: dict) -> None:
+        self.cfg = cfg_dict
+        code = "import json, sys; from tests.helpers import run_in_process; run_in_process(json.loads(sys.argv[1]))"
+        self._proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg_dict)], cwd=REPO, text=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self._files: dict[str, bytes] | None = None
+
+    def files(self) -> dict[str, bytes]:
+        """Its files by path inside its root (waits for it)."""
+        if self._files is None:
+            _, err = self._proc.communicate(timeout=300)
+            assert self._proc.returncode == 0, err[-3000:]
+            self._files = root_files(StorageRoot(self.cfg["storage"]["root"]))
+        return self._files
+
+    @property
+    def root(self) -> StorageRoot:
+        self.files()
+        return StorageRoot(self.cfg["storage"]["root"])
