@@ -8,11 +8,11 @@ from typing import Any
 import ray
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect_ray import RayTaskRunner
 
 from flows.config import DEFAULT_CONFIG, SuiteConfig, load_suite_config
 from flows.prepare import prepare_suite
 from flows.progress import RunProgress
+from flows.ray_runner import ShapedRayTaskRunner
 from flows.units import PrefectRayExecutor
 from infra.ray_local import init_ray
 from storage.layout import REPORT_INDEX
@@ -65,7 +65,7 @@ def failure_line(config_path: str, key: str, ledger: Ledger) -> str:
 @flow(name="units", flow_run_name="units", validate_parameters=False, persist_result=False)
 def units_flow(cfg: SuiteConfig, prepared: Any, run_id: str) -> Planned:
     """The first stage, then (once its output says how many shards there are) every later unit. Its task
-    runner is a RayTaskRunner on the Ray instance the suite flow started or joined. (`prepared` is a
+    runner is a (Shaped)RayTaskRunner on the Ray instance the suite flow started or joined. (`prepared` is a
     PreparedSuite, typed Any so Prefect builds no parameter schema for it.)"""
     runner = runner_for(run_id)  # not a parameter: Prefect ships parameters to every worker
     logger = get_run_logger()
@@ -104,7 +104,7 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     try:
         started_ray = init_ray(cfg.orchestration)
         try:
-            task_runner = RayTaskRunner(address=cfg.orchestration.ray_address)
+            task_runner = ShapedRayTaskRunner(address=cfg.orchestration.ray_address)
             plan = units_flow.with_options(task_runner=task_runner)(cfg, prepared, run_id)
         finally:
             if started_ray:

@@ -1,0 +1,52 @@
+"""prefect-ray's RayTaskRunner with one Ray remote function per resource shape instead of one per task.
+
+prefect-ray 0.4 wraps its task entry point in a fresh `ray.remote(...)` on every submit (PrefectHQ/prefect
+#5653, open). Each RemoteFunction has a uuid of its own, so every unit was exported to Ray's GCS and fetched
+by its worker anew (a few tenths of a second a unit here), and every unit was a scheduling class of its own,
+which Ray dispatches in no particular order: a tiny run had shuffle units (which unlock training) waiting
+behind evaluations until the end. One remote function per shape makes the units of a shape one class, which
+Ray runs in the order the runner submits them.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+from uuid import uuid4
+
+import ray
+from prefect.context import serialize_context
+from prefect.futures import PrefectFuture
+from prefect.utilities.engine import collect_task_run_inputs_sync
+from prefect_ray import RayTaskRunner
+from prefect_ray.context import RemoteOptionsContext
+from prefect_ray.task_runners import PrefectRayFuture
+
+
+class ShapedRayTaskRunner(RayTaskRunner):
+    """Submits like RayTaskRunner.submit (same context, same upstream exchange, same entry point), but
+    reuses the remote function of a resource shape."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._remote_by_shape: dict[tuple, Any] = {}
+
+    def _remote(self, options: dict[str, Any]) -> Any:
+        shape = tuple(sorted(options.items()))
+        if shape not in self._remote_by_shape:
+            decorate = ray.remote(**options) if options else ray.remote
+            self._remote_by_shape[shape] = decorate(self._run_prefect_task)
+        return self._remote_by_shape[shape]
+
+    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Iterable[PrefectFuture[Any]] | None = None,
+               dependencies: dict[str, set[Any]] | None = None) -> PrefectRayFuture:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        task_run_id = uuid4()
+        task_inputs = {k: collect_task_run_inputs_sync(v, future_cls=PrefectRayFuture) for k, v in parameters.items()}
+        context = serialize_context(asset_ctx_kwargs={"task": task, "task_run_id": task_run_id,
+                                                      "task_inputs": task_inputs, "copy_to_child_ctx": True})
+        parameters, upstream_refs = self._exchange_prefect_for_ray_futures(parameters)
+        remote = self._remote(RemoteOptionsContext.get().current_remote_options or {})
+        ref = remote.options(name=task.name).remote(*upstream_refs, task=task, task_run_id=task_run_id,
+                                                    parameters=parameters, wait_for=wait_for,
+                                                    dependencies=dependencies, context=context)
+        return PrefectRayFuture(task_run_id=task_run_id, wrapped_future=ref)
