@@ -198,9 +198,14 @@ def clean_run(tmp_path_factory, cluster, s3_endpoint, prefect_server, embedded_a
     before = _tree(driver_cache)
     path = write_config(tmp / "suite.yaml", _suite(tmp, f"s3://{BUCKET_ROOT}", s3_endpoint, cluster.address))
     env = {"SCOPEFLOW_CACHE": str(driver_cache)}
+    t0 = time.monotonic()
     proc = scopeflow(prefect_server, "run", str(path), env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     root = StorageRoot(f"s3://{BUCKET_ROOT}", {"endpoint_url": s3_endpoint})
+    ledger = Ledger(root)
+    nodes = {f"{s}:{r.unit}": r.node[:8] for s in STAGE_NAMES for r in ledger.records(s)}
+    print(f"\ncluster run: {time.monotonic() - t0:.1f} s through the CLI; units per node "
+          f"{ {n: list(nodes.values()).count(n) for n in sorted(set(nodes.values()))} }")
     return {"path": path, "env": env, "proc": proc, "root": root, "driver_cache": driver_cache,
             "driver_before": before}
 
@@ -400,6 +405,11 @@ def node_deaths(clean_run, cluster, put_gate, prefect_server):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    for stage, unit in (("extract", "shard_00000"), ("train", "res/layer_1")):
+        rec = ledger.get(stage, unit)
+        print(f"node death in {stage}:{unit}: killed node {killed[stage][0][:8]}, completed on {rec.node[:8]} "
+              f"at attempt {rec.attempt}" + (f", resumed from step {rec.metrics['resumed_from_step']}"
+                                              if stage == "train" else ""))
     return ledger, killed
 
 
