@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import zarr
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
 
@@ -15,8 +16,8 @@ from sae import JumpReLUSAE, SAEMetrics
 from storage.layout import TOKENS_EVAL
 from storage.root import StorageRoot
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, special_token_ids
-from tasks.lm.partial_forward import (first_changed_layer, forward_from_layer, logits_with_site_replaced,
-                                      recording_layer_inputs)
+from tasks.lm.partial_forward import (forward_from_layer, logits_with_site_replaced, recording_layer_inputs,
+                                      recording_splice_inputs)
 from tasks.lm.sites import ActivationCapture, site_hooks, site_width
 from tasks.stages.evaluate import evaluate_saes, spliced_site, token_losses
 from tasks.stages.tokenize import tokenize_corpus
@@ -117,12 +118,13 @@ def test_spliced_and_clean_losses_match_the_full_forward(suite, eval_tokens, sit
     with torch.inference_mode():
         clean_reference = model(tokens).logits
         capture = ActivationCapture([(site, layer)])
-        with site_hooks(model, capture.hooks()), recording_layer_inputs(model, first_changed_layer(site, layer)) as inputs:
+        with site_hooks(model, capture.hooks()), recording_splice_inputs(model, site, layer) as inputs:
             clean = model(tokens, use_cache=False).logits
         replaced, _, _ = spliced_site(sae, capture.values[(site, layer)], tokens, tok.bos_token_id)
         spliced = logits_with_site_replaced(model, inputs, site, layer, replaced)
+        unchanged = logits_with_site_replaced(model, inputs, site, layer, capture.values[(site, layer)])
 
-    assert torch.equal(clean, clean_reference)
+    assert torch.equal(clean, clean_reference) and torch.equal(unchanged, clean)
     torch.testing.assert_close(spliced, reference, rtol=1e-5, atol=1e-5)
     loss_ref, n_ref = token_losses(reference, tokens, special)
     loss, n = token_losses(spliced, tokens, special)
@@ -144,6 +146,14 @@ def test_a_sliding_layer_replayed_with_the_full_mask_differs(suite, eval_tokens)
         assert not torch.allclose(forward_from_layer(model, inputs), full, atol=1e-4)
 
 
+def previous_token_losses(logits: torch.Tensor, tokens: torch.Tensor, special: set[int]) -> tuple[float, int]:
+    """The previous evaluate stage's CE: the vocabulary along the transposed axis."""
+    targets = tokens[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
+    keep = ~torch.isin(targets, torch.tensor(sorted(special)))
+    return float(ce[keep].double().sum()), int(keep.sum())
+
+
 def previous_evaluate(cfg, site: str, layer: int, saes, tokens_all: np.ndarray) -> tuple[list[dict], float]:
     """The previous evaluate stage's arithmetic with plain hooks on model(...): per batch the clean pass,
     then per SAE its metrics on the kept rows and the whole model with the site spliced."""
@@ -156,14 +166,15 @@ def previous_evaluate(cfg, site: str, layer: int, saes, tokens_all: np.ndarray) 
         batch = torch.from_numpy(batch_np.astype(np.int64))
         capture = ActivationCapture([(site, layer)])
         with torch.inference_mode(), site_hooks(model, capture.hooks()):
-            s, n = token_losses(model(batch).logits, batch, special)
+            s, n = previous_token_losses(model(batch).logits, batch, special)
         clean[0] += s
         clean[1] += n
         rows = capture.values[(site, layer)][torch.from_numpy(keep_mask(batch_np, special))].float()
         for i, sae in enumerate(saes):
             with torch.inference_mode():
                 metrics[i].update(rows, *sae(rows))
-            s, n = token_losses(hooked_spliced_logits(model, batch, site, layer, sae, tok.bos_token_id), batch, special)
+            logits = hooked_spliced_logits(model, batch, site, layer, sae, tok.bos_token_id)
+            s, n = previous_token_losses(logits, batch, special)
             spliced[i][0] += s
             spliced[i][1] += n
     clean_loss = clean[0] / clean[1]
@@ -188,7 +199,7 @@ def test_the_evaluate_stage_equals_the_previous_implementation(suite, eval_token
 
     rows, clean_loss = evaluate_saes(cfg, site, layer, saes, root)
     expected, expected_clean = previous_evaluate(cfg, site, layer, saes, eval_tokens)
-    assert clean_loss == expected_clean
+    assert clean_loss == pytest.approx(expected_clean, rel=1e-6)
     for got, want in zip(rows, expected, strict=True):
         for key in ("n_tokens", "n_dead", "n_dense", "freq_hist"):
             assert got[key] == want[key], key
@@ -231,10 +242,10 @@ def test_other_families_replay_from_a_middle_layer(family):
         reference = hooked_spliced_logits(model, tokens, site, 2, sae, bos=0)
         with torch.inference_mode():
             capture = ActivationCapture([(site, 2)])
-            with site_hooks(model, capture.hooks()), recording_layer_inputs(model, first_changed_layer(site, 2)) as inputs:
+            with site_hooks(model, capture.hooks()), recording_splice_inputs(model, site, 2) as inputs:
                 clean = model(tokens, use_cache=False).logits
             replaced, _, _ = spliced_site(sae, capture.values[(site, 2)], tokens, bos=0)
             torch.testing.assert_close(logits_with_site_replaced(model, inputs, site, 2, replaced), reference,
                                        rtol=1e-5, atol=1e-5)
-            assert torch.equal(forward_from_layer(model, inputs) if site != "res" else
-                               forward_from_layer(model, inputs, capture.values[(site, 2)]), clean), site
+            # the site's own clean tensor put back gives the clean logits, bit for bit
+            assert torch.equal(logits_with_site_replaced(model, inputs, site, 2, capture.values[(site, 2)]), clean), site

@@ -21,6 +21,12 @@ from tasks.lm.sites import layer_module, n_layers, site_hooks
 # The norm between the last decoder layer and the unembedding, per architecture.
 FINAL_NORM = {"gemma2": "model.norm", "gemma3_text": "model.norm", "gemma": "model.norm", "llama": "model.norm",
               "qwen2": "model.norm", "gpt2": "transformer.ln_f"}
+# The module whose input is the residual stream a decoder layer adds its MLP site's tensor to, last thing
+# in the layer (`residual + mlp_out` in each family's code): so an MLP splice needs no part of layer L rerun.
+MLP_RESIDUAL = {"gemma2": "model.layers.{L}.pre_feedforward_layernorm",
+                "gemma3_text": "model.layers.{L}.pre_feedforward_layernorm",
+                "gemma": "model.layers.{L}.post_attention_layernorm", "llama": "model.layers.{L}.post_attention_layernorm",
+                "qwen2": "model.layers.{L}.post_attention_layernorm", "gpt2": "transformer.h.{L}.ln_2"}
 # Arguments that would carry state from one replay into the next.
 _CACHE_ARGS = ("past_key_values", "past_key_value", "layer_past")
 
@@ -32,20 +38,25 @@ class LayerInputs:
     first: int
     hidden: torch.Tensor | None = None
     calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)
+    #: for an MLP splice: the residual stream layer L adds the MLP site's tensor to
+    mlp_residual: torch.Tensor | None = None
 
 
 def first_changed_layer(site: str, layer: int) -> int:
-    """The first decoder layer a splice at (site, layer) changes: the residual stream after layer L is the
-    input of layer L+1, while the attention and MLP outputs sit inside layer L."""
-    return layer + 1 if site == "res" else layer
+    """The first decoder layer a splice at (site, layer) has to run: the residual stream after layer L and
+    layer L's output with its MLP part replaced both enter layer L+1; the attention site sits inside L."""
+    return layer if site == "att" else layer + 1
+
+
+def _family_module(model: torch.nn.Module, table: dict[str, str], what: str, layer: int = 0) -> torch.nn.Module:
+    try:
+        return model.get_submodule(table[model.config.model_type].format(L=layer))
+    except KeyError:
+        raise ValueError(f"model type {model.config.model_type!r} has no {what} entry (known: {sorted(table)})") from None
 
 
 def final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    try:
-        return model.get_submodule(FINAL_NORM[model.config.model_type])
-    except KeyError:
-        raise ValueError(f"model type {model.config.model_type!r} has no final norm entry "
-                         f"(known: {sorted(FINAL_NORM)})") from None
+    return _family_module(model, FINAL_NORM, "final norm")
 
 
 @contextlib.contextmanager
@@ -79,6 +90,24 @@ def recording_layer_inputs(model: torch.nn.Module, first: int) -> Iterator[Layer
             handle.remove()
 
 
+@contextlib.contextmanager
+def recording_splice_inputs(model: torch.nn.Module, site: str, layer: int) -> Iterator[LayerInputs]:
+    """`recording_layer_inputs` from the first layer a splice at (site, layer) runs, and for the MLP site
+    the residual stream its tensor is added to."""
+    with recording_layer_inputs(model, first_changed_layer(site, layer)) as inputs:
+        def pre_hook(module, args):
+            inputs.mlp_residual = args[0]
+
+        handle = None
+        if site == "mlp":
+            handle = _family_module(model, MLP_RESIDUAL, "MLP residual", layer).register_forward_pre_hook(pre_hook)
+        try:
+            yield inputs
+        finally:
+            if handle is not None:
+                handle.remove()
+
+
 def unembed(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from the last decoder layer's output: final norm, unembedding, and the final logit
     soft-capping where the model has it (Gemma 2), in the order and arithmetic of its own forward."""
@@ -107,12 +136,16 @@ def forward_from_layer(model: torch.nn.Module, inputs: LayerInputs, hidden: torc
 
 def logits_with_site_replaced(model: torch.nn.Module, inputs: LayerInputs, site: str, layer: int,
                               replacement: torch.Tensor) -> torch.Tensor:
-    """Logits with (site, layer)'s tensor replaced by `replacement`, replaying from the layer the site
-    changes first (`inputs` recorded from `first_changed_layer(site, layer)`)."""
+    """Logits with (site, layer)'s tensor replaced by `replacement`, from `recording_splice_inputs(model,
+    site, layer)`'s record of the clean pass."""
     if inputs.first != first_changed_layer(site, layer):
-        raise ValueError(f"inputs recorded from layer {inputs.first}, but ({site}, {layer}) first changes "
+        raise ValueError(f"inputs recorded from layer {inputs.first}, but a splice at ({site}, {layer}) runs from "
                          f"layer {first_changed_layer(site, layer)}")
     if site == "res":
         return forward_from_layer(model, inputs, replacement)
+    if site == "mlp":
+        if inputs.mlp_residual is None:
+            raise ValueError(f"no residual stream recorded for an MLP splice at layer {layer}")
+        return forward_from_layer(model, inputs, inputs.mlp_residual + replacement)
     with site_hooks(model, {(site, layer): lambda t: replacement}):
         return forward_from_layer(model, inputs)

@@ -5,7 +5,8 @@ minus the clean CE, over predicted tokens that are not special. L0, FVU (against
 shuffle statistics), dead and dense latents are measured on the same held-out activations.
 
 Per batch the clean pass is the one full forward: layers below L are the same for every SAE, so it records
-what layers L.. are given, and each SAE's spliced pass runs from layer L only (`tasks.lm.partial_forward`).
+what layers L.. are given, and each SAE's spliced pass runs from layer L only, from L+1 for the residual and
+MLP sites (`tasks.lm.partial_forward`).
 Each SAE runs once per batch, on every position; the metrics read its output at the kept ones.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
-from tasks.lm.partial_forward import first_changed_layer, logits_with_site_replaced, recording_layer_inputs
+from tasks.lm.partial_forward import logits_with_site_replaced, recording_splice_inputs
 from tasks.lm.sites import ActivationCapture, site_hooks
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
@@ -50,11 +51,17 @@ def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, special: set[int]) -> tuple[float, int]:
-    """Summed next-token CE (nats) over targets that are not special, and their count."""
+    """Summed next-token CE (nats) over targets that are not special, and their count.
+
+    The CE runs over the logits' rows as they lie in memory, unpredicted positions labelled out: with the
+    vocabulary along a strided axis it cost as much as the unembedding, once per SAE and batch.
+    """
     targets = tokens[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
     keep = ~torch.isin(targets, torch.tensor(sorted(special), device=targets.device))
-    return float(ce[keep].double().sum()), int(keep.sum())
+    labels = torch.full_like(tokens, -100)
+    labels[:, :-1] = torch.where(keep, targets, -100)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(tokens)
+    return float(ce[:, :-1][keep].double().sum()), int(keep.sum())
 
 
 def spliced_site(sae: SparseAutoencoder, acts: torch.Tensor, tokens: torch.Tensor, bos: int
@@ -93,7 +100,6 @@ def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAut
     saes = [sae.to(device).eval() for sae in saes]
 
     key = (site, layer)
-    first = first_changed_layer(site, layer)
     clean = [0.0, 0]
     spliced = [[0.0, 0] for _ in saes]
     metrics = [SAEMetrics(dense_threshold=cfg.evaluate.dense_threshold) for _ in saes]
@@ -102,9 +108,9 @@ def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAut
         for start in range(0, len(tokens_all), bs):
             batch_np = tokens_all[start:start + bs]
             batch = torch.from_numpy(batch_np.astype(np.int64)).to(device)
-            # The clean pass is the shared prefix: it records what layers `first`.. were given.
+            # The clean pass is the shared prefix: it records what the spliced passes start from.
             capture = ActivationCapture([key])
-            with site_hooks(model, capture.hooks()), recording_layer_inputs(model, first) as layer_inputs:
+            with site_hooks(model, capture.hooks()), recording_splice_inputs(model, site, layer) as layer_inputs:
                 logits = model(batch, use_cache=False).logits
             s, n = token_losses(logits, batch, special)
             clean[0] += s
