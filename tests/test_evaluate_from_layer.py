@@ -27,12 +27,7 @@ SITES = ("res", "att", "mlp")
 LAYERS = (0, 2, 3)  # the embedded model's first, a middle and its last layer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
