@@ -3,8 +3,9 @@
 Layers below L compute the same thing for every SAE of a (site, layer) and for the clean pass. So the clean
 pass records what the model's own forward hands each decoder layer from L on: the hidden state entering the
 first of them and each layer's other arguments (the attention mask of its kind, full or sliding-window; the
-rotary position embeddings; the position ids). `forward_from_layer` replays those layers on the recorded
-arguments, then the final norm, the unembedding and the final logit soft-capping. The masks and positions
+rotary position embeddings; the position ids), and for an MLP splice the residual stream layer L adds the
+MLP's output to. `forward_from_layer` replays those layers on the recorded arguments, then the final norm,
+the unembedding and the final logit soft-capping. The masks and positions
 are the library's own objects from the clean pass, never rebuilt here, so they are the full forward's by
 construction in every family of `tasks.lm.sites.SITE_TABLE` (Gemma 3's per-layer-kind rotary tables too).
 """
