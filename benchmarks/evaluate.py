@@ -217,11 +217,13 @@ def main() -> None:
         root = StorageRoot(cfg.storage.root)
         tokenize_corpus(cfg, root)
         result["tiny"] = time_units(cfg, root, previous, args.rounds)
+        write_json(args.out, result)  # after each part, so a run cut short keeps what it measured
         print(f"tiny: stage speed-up {result['tiny']['stage_speedup']:.2f}", flush=True)
         deep = cfg.model_copy(deep=True)
         deep.model.name_or_path = deep_model(args.deep_layers, tmp / "deep-model")
         deep.evaluate.n_seqs = args.deep_seqs
         result["deep"] = time_units(deep, root, previous, args.rounds)
+        write_json(args.out, result)
         print(f"deep: stage speed-up {result['deep']['stage_speedup']:.2f}", flush=True)
         if args.run:
             result["run"] = rerun_units(cfg, Path(args.run).resolve(), previous, tmp / "run-copy")
