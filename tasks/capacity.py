@@ -16,6 +16,7 @@ from transformers import AutoConfig
 
 from tasks.config import StagesConfig
 from tasks.lm.model import load_config, resolve_model_path
+from tasks.lm.partial_forward import first_changed_layer
 from tasks.registry import STAGE_NAMES, STAGES
 
 # config.json of the public Gemma 2 base checkpoints (the fields a plan needs), so a plan for them works
@@ -196,8 +197,14 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     train_hours = None if rates is None else sum(f / rates.train_rate(w) for w, f in train_by) / 3600
     extract_flops = sum(n_train_seqs * ctx * shape.forward_flops_per_token(ctx, max(layer for _, layer in wave),
                                                                              logits=False) for wave in waves)
-    # evaluate: per (site, layer), the clean pass plus one spliced pass per SAE, each to the logits
-    eval_flops = len(groups) * (n_saes + 1) * n_eval * ctx * shape.forward_flops_per_token(ctx)
+    # evaluate: per (site, layer), the clean pass, then per SAE the SAE (encode and decode) and the spliced
+    # pass from the first layer the splice changes to the logits
+    eval_flops = n_eval * ctx * sum(
+        shape.forward_flops_per_token(ctx)
+        + n_saes * ((shape.n_layers - first_changed_layer(s, layer)) * shape.layer_flops_per_token(ctx)
+                    + 2 * shape.d_model * shape.vocab)
+        + points * sum(4 * shape.site_width(s) * w for w in cfg.sae.widths)
+        for s, layer in groups)
     sae_total = sum(sae_bytes(shape.site_width(s), w) * points for s, _ in groups for w in cfg.sae.widths)
 
     def hours(flops: float, rate: float | None) -> float | None:

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import s3fs
+import torch
 from moto.server import ThreadedMotoServer
 
 import ray
@@ -44,6 +45,16 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def embedded_assets():
     return ensure_embedded_assets()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The units on one thread, as a Ray worker (num_cpus=1) runs them: on a busy 2-core machine two
+    intra-op threads per op spin against each other for many times the single-thread time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -25,14 +25,7 @@ from tasks.stages.train import sae_dir
 from tests.helpers import run_suite_in_process, small_suite_dict
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The units on one thread, as a Ray worker (num_cpus=1) runs them: on a busy 2-core machine two
-    intra-op threads per op spin against each other for many times the single-thread time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,11 @@
 delta loss = CE with the site's activation replaced by the SAE's reconstruction at every non-BOS position,
 minus the clean CE, over predicted tokens that are not special. L0, FVU (against the dataset mean from the
 shuffle statistics), dead and dense latents are measured on the same held-out activations.
+
+Per batch the clean pass is the one full forward: layers below L are the same for every SAE, so it records
+what layers L.. are given, and each SAE's spliced pass runs from layer L only, from L+1 for the residual and
+MLP sites (`tasks.lm.partial_forward`).
+Each SAE runs once per batch, on every position; the metrics read its output at the kept ones.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
+from tasks.lm.partial_forward import logits_with_site_replaced, recording_splice_inputs
 from tasks.lm.sites import ActivationCapture, site_hooks
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
@@ -45,21 +51,25 @@ def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, special: set[int]) -> tuple[float, int]:
-    """Summed next-token CE (nats) over targets that are not special, and their count."""
+    """Summed next-token CE (nats) over targets that are not special, and their count.
+
+    The CE runs over the logits' rows as they lie in memory, unpredicted positions labelled out: with the
+    vocabulary along a strided axis it cost as much as the unembedding, once per SAE and batch.
+    """
     targets = tokens[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
     keep = ~torch.isin(targets, torch.tensor(sorted(special), device=targets.device))
-    return float(ce[keep].double().sum()), int(keep.sum())
+    labels = torch.full_like(tokens, -100)
+    labels[:, :-1] = torch.where(keep, targets, -100)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(tokens)
+    return float(ce[:, :-1][keep].double().sum()), int(keep.sum())
 
 
-def reconstruct_hook(sae: SparseAutoencoder, tokens: torch.Tensor, bos: int):
-    """Replace the site's tensor with the SAE's reconstruction at every position that is not BOS."""
-    splice = tokens != bos
-
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        x_hat, _ = sae(t.float())
-        return torch.where(splice.unsqueeze(-1), x_hat.to(t.dtype), t)
-    return fn
+def spliced_site(sae: SparseAutoencoder, acts: torch.Tensor, tokens: torch.Tensor, bos: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The site's tensor with the SAE's reconstruction at every position that is not BOS, and the SAE's
+    reconstruction and latents at every position (the metrics read them at the kept ones)."""
+    x_hat, f = sae(acts.float())
+    return torch.where((tokens != bos).unsqueeze(-1), x_hat.to(acts.dtype), acts), x_hat, f
 
 
 def load_eval_tokens(cfg: StagesConfig, root: StorageRoot) -> np.ndarray:
@@ -98,18 +108,21 @@ def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAut
         for start in range(0, len(tokens_all), bs):
             batch_np = tokens_all[start:start + bs]
             batch = torch.from_numpy(batch_np.astype(np.int64)).to(device)
+            # The clean pass is the shared prefix: it records what the spliced passes start from.
             capture = ActivationCapture([key])
-            with site_hooks(model, capture.hooks()):
-                logits = model(batch).logits
+            with site_hooks(model, capture.hooks()), recording_splice_inputs(model, site, layer) as layer_inputs:
+                logits = model(batch, use_cache=False).logits
             s, n = token_losses(logits, batch, special)
             clean[0] += s
             clean[1] += n
-            rows = capture.values[key][torch.from_numpy(keep_mask(batch_np, special)).to(device)].float()
+            acts = capture.values[key]
+            keep = torch.from_numpy(keep_mask(batch_np, special)).to(device)
+            rows = acts[keep].float()
             for i, sae in enumerate(saes):
-                x_hat, f = sae(rows)
-                metrics[i].update(rows, x_hat, f)
-                with site_hooks(model, {key: reconstruct_hook(sae, batch, tok.bos_token_id)}):
-                    s, n = token_losses(model(batch).logits, batch, special)
+                replaced, x_hat, f = spliced_site(sae, acts, batch, tok.bos_token_id)
+                metrics[i].update(rows, x_hat[keep], f[keep])
+                logits = logits_with_site_replaced(model, layer_inputs, site, layer, replaced)
+                s, n = token_losses(logits, batch, special)
                 spliced[i][0] += s
                 spliced[i][1] += n
 
