@@ -9,6 +9,7 @@ Ray runs in the order the runner submits them.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 from uuid import uuid4
 
@@ -27,10 +28,10 @@ class ShapedRayTaskRunner(RayTaskRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._remote_by_shape: dict[tuple, Any] = {}
+        self._remote_by_shape: dict[str, Any] = {}
 
     def _remote(self, options: dict[str, Any]) -> Any:
-        shape = tuple(sorted(options.items()))
+        shape = json.dumps(options, sort_keys=True, default=str)  # a runtime_env is a dict
         if shape not in self._remote_by_shape:
             decorate = ray.remote(**options) if options else ray.remote
             self._remote_by_shape[shape] = decorate(self._run_prefect_task)

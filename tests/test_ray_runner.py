@@ -12,4 +12,6 @@ def test_units_of_one_resource_shape_share_one_remote_function():
     # Ray runs the shape's units in the order they are submitted
     gpu = runner._remote({"num_cpus": 1, "num_gpus": 1, "max_retries": 3})
     assert gpu is not one and gpu._uuid != one._uuid
+    env = {"num_cpus": 1, "runtime_env": {"env_vars": {"A": "1"}}}
+    assert runner._remote(env) is runner._remote(dict(env)) is not one
     assert runner.duplicate()._remote({"num_cpus": 1, "max_retries": 3}) is not one  # a runner's own
