@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-#: the sparse step pays for itself below this L0 / width; measured on CPU (BENCHMARKS.md, "Issue 12")
-SPARSE_MAX_L0_FRACTION = 0.05
+#: per device type, the L0 / width below which `auto` takes the sparse step. CPU: measured (BENCHMARKS.md,
+#: "Issue 12"). Other devices are not measured yet, so `auto` stays dense there: on a GPU the gathers are
+#: bound by memory bandwidth while the dense matmuls it saves run at tensor-core rates.
+SPARSE_MAX_L0_FRACTION = {"cpu": 0.1}
 
 Step = Literal["auto", "dense", "sparse"]
 
@@ -38,13 +40,14 @@ class Pattern:
     window: Tensor | None = None
 
 
-def use_sparse(step: Step, last_l0: Tensor | None, width: int) -> bool:
+def use_sparse(step: Step, last_l0: Tensor | None, width: int, device_type: str = "cpu") -> bool:
     """The step to take: `auto` goes sparse once the previous step's measured L0 is a small enough part of
     the width (the first step, with no measurement yet, is dense). A pure function of the run's state, so a
     resumed run chooses as the uninterrupted one did."""
     if step != "auto":
         return step == "sparse"
-    return last_l0 is not None and float(last_l0) <= SPARSE_MAX_L0_FRACTION * width
+    limit = SPARSE_MAX_L0_FRACTION.get(device_type)
+    return limit is not None and last_l0 is not None and float(last_l0) <= limit * width
 
 
 def step_loss(sae: Any, x: Tensor, coefficient: float, sparse: bool) -> tuple[dict[str, Tensor], Tensor]:

@@ -225,7 +225,7 @@ def train_saes(
             run.coeff = _coefficient(run.point, pos.step, cfg)
             for group in run.opt.param_groups:
                 group["lr"] = pos.lr
-            sparse = use_sparse(cfg.step, run.last.get("l0"), run.point.width)
+            sparse = use_sparse(cfg.step, run.last.get("l0"), run.point.width, device.type)
             with autocast:
                 losses, fired = step_loss(run.sae, x, run.coeff, sparse)
             run.opt.zero_grad(set_to_none=True)

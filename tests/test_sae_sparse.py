@@ -9,6 +9,7 @@ import torch
 
 from sae import FileCheckpoint, JumpReLUSAE, ReLUSAE, TopKSAE, TrainConfig, train_saes
 from sae.jumprelu import _kernel_window
+from sae import sparse_step
 from sae.sparse_step import SPARSE_MAX_L0_FRACTION, step_loss, use_sparse
 
 D_IN, WIDTH, BATCH = 12, 40, 64
@@ -114,9 +115,15 @@ def _rows(n_batches: int = 12, seed: int = 3) -> torch.Tensor:
     return 5.0 * torch.randn(n_batches * BATCH, 8, generator=gen) + 1.0
 
 
+@pytest.fixture
+def auto_limit(monkeypatch):
+    """`auto`'s limit fixed at 5% of the width, whatever the measured CPU value, for _cfg below."""
+    monkeypatch.setitem(sparse_step.SPARSE_MAX_L0_FRACTION, "cpu", 0.05)
+
+
 def _cfg(**kw) -> TrainConfig:
-    """Thresholds initialised so that JumpReLU's L0 wanders across the automatic choice's limit (3-6% of
-    the width), so `auto` runs switch between the two steps; TopK's k is 5-9% of the width."""
+    """Thresholds initialised so that JumpReLU's L0 wanders across `auto_limit` (3-6% of the width), so
+    `auto` runs switch between the two steps; TopK's k is 5% and 9% of the widths."""
     base = dict(widths=[32, 64], lambdas=[0.01, 0.1], architectures=["jumprelu", "topk", "relu"], topk_ks=[3],
                 l1_coefficients=[0.5], batch_size=BATCH, lr=2e-3, lr_warmup_steps=3, lambda_warmup_steps=5,
                 log_every=2, threshold_init=0.6, bandwidth=0.05, checkpoint_every=5, epochs=1,
@@ -145,9 +152,11 @@ def test_training_by_sparse_steps_stays_with_the_dense_run():
 
 
 def test_auto_goes_sparse_once_the_measured_l0_is_small(monkeypatch):
+    limit = SPARSE_MAX_L0_FRACTION["cpu"]
     assert not use_sparse("auto", None, 1000)  # nothing measured yet: dense
-    assert use_sparse("auto", torch.tensor(SPARSE_MAX_L0_FRACTION * 1000), 1000)
-    assert not use_sparse("auto", torch.tensor(SPARSE_MAX_L0_FRACTION * 1000 + 1), 1000)
+    assert use_sparse("auto", torch.tensor(limit * 1000), 1000)
+    assert not use_sparse("auto", torch.tensor(limit * 1000 + 1), 1000)
+    assert not use_sparse("auto", torch.tensor(1.0), 1000, "cuda")  # not measured there: dense
     assert use_sparse("sparse", None, 10) and not use_sparse("dense", torch.tensor(0.0), 10)
     taken = []
     for cls in (JumpReLUSAE, TopKSAE, ReLUSAE):
@@ -159,7 +168,7 @@ def test_auto_goes_sparse_once_the_measured_l0_is_small(monkeypatch):
     assert taken == [512] * 3  # every step after the first, whose L0 nobody has measured yet
 
 
-def test_sparse_training_is_bit_for_bit_repeatable():
+def test_sparse_training_is_bit_for_bit_repeatable(auto_limit):
     rows = _rows()
     for step in ("sparse", "auto"):
         a = train_saes(rows, None, _cfg(step=step), norm_scale=14.0)
@@ -174,7 +183,7 @@ class _Crash(Exception):
     pass
 
 
-def test_a_resumed_auto_run_equals_the_uninterrupted_one(tmp_path):
+def test_a_resumed_auto_run_equals_the_uninterrupted_one(tmp_path, auto_limit):
     rows = _rows()
     cfg = _cfg()
     clean = train_saes(rows, None, cfg, norm_scale=14.0)
