@@ -19,6 +19,7 @@ from flows.config import SuiteConfig
 from storage.errors import is_input_error
 from storage.root import StorageRoot
 from tasks.execute import run_unit
+from tasks.registry import get_stage
 from tasks.units import UnitSpec
 
 
@@ -47,6 +48,9 @@ class PrefectRayExecutor:
         options = {"num_cpus": cpus, "max_retries": orch.worker_retries}
         if gpus:
             options["num_gpus"] = gpus
+        env = get_stage(spec.stage).env
+        if env:  # merged into the run's own runtime environment; Ray keeps such workers apart from the rest
+            options["runtime_env"] = {"env_vars": dict(env)}
         runnable = unit_task.with_options(task_run_name=f"{spec.stage}:{spec.unit}", tags=[spec.stage],
                                           retries=orch.task_retries, retry_delay_seconds=orch.retry_delay_seconds,
                                           retry_condition_fn=retry_transient)
