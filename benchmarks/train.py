@@ -112,9 +112,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sparse-l0", type=float, default=0.01, help="L0 / width the comparison's SAEs start at")
     ap.add_argument("--sparse-repeats", type=int, default=2, help="interleaved runs per system; the best counts")
     ap.add_argument("--sparse-timed", type=int, help="timed steps per run; default 20 CUDA, 3 CPU")
-    ap.add_argument("--crossover-width", type=int, help="default 16384 CUDA, 4096 CPU; 0 skips the crossover")
+    ap.add_argument("--crossover-width", help="widths (comma list); default 16384 CUDA, 4096,16384 CPU; '' skips")
     ap.add_argument("--crossover-fracs", default="0.02,0.05,0.1,0.2,0.3", help="starting L0 / width (comma list)")
-    ap.add_argument("--crossover-timed", type=int, help="timed steps per crossover run; default 20 CUDA, 4 CPU")
+    ap.add_argument("--crossover-timed", type=int, help="timed steps per crossover run; default 20 CUDA, 3 CPU")
     ap.add_argument("--only-sparse", action="store_true", help="only the sparse comparison (and the peak)")
     ap.add_argument("--tmp-dir", help="where the temporary zarr stores go (local disk)")
     ap.add_argument("--seed", type=int, default=0)
@@ -142,9 +142,10 @@ def parse_args() -> argparse.Namespace:
     default("data_timed", 40, 6)
     default("profile_width", 16384, 4096)
     default("sparse_timed", 20, 3)
-    default("crossover_width", 16384, 4096)
-    default("crossover_timed", 20, 4)
+    default("crossover_width", "16384", "4096,16384")
+    default("crossover_timed", 20, 3)
     args.sparse_widths = [int(w) for w in str(args.sparse_widths).split(",") if w]
+    args.crossover_width = [int(w) for w in str(args.crossover_width).split(",") if w]
     args.crossover_fracs = [float(f) for f in str(args.crossover_fracs).split(",")]
     if args.only_sparse:
         args.widths, args.no_saelens, args.no_data, args.profile_width, args.no_shaped_mm = "", True, True, 0, True
@@ -308,9 +309,11 @@ def main() -> int:
     if args.profile_width:
         print(f"profile: width {args.profile_width} ...", flush=True)
         res["profile"] = profile_step(args, device, pool, scale)
-    if args.sparse_widths:
-        print(f"sparse step: widths {args.sparse_widths}, ours dense / ours sparse / SAELens ...", flush=True)
-        res["sparse"] = bench_sparse(args, device, pool, args.seed)
+    if args.sparse_widths or args.crossover_width:
+        print(f"sparse step: widths {args.sparse_widths}, ours dense / ours sparse / SAELens; crossover at "
+              f"{args.crossover_width} ...", flush=True)
+        res["sparse"] = bench_sparse(args, device, pool, args.seed, save=lambda part: write_json(
+            args.out, {**res, "sparse": part}, indent=2, default=str))
 
     res["verdicts"] = verdicts(res)
     meta["benchmark_wall_s"] = time.perf_counter() - t_start

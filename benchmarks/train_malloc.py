@@ -77,7 +77,8 @@ def main() -> int:
     ray.shutdown()
 
     table = Table(title=f"Sparse steps in a Ray worker, with and without the train stage's environment (best of "
-                        f"{args.repeats} alternating runs; d_in {args.d_in}, batch {args.batch}, {args.threads} threads)")
+                        f"{args.repeats} alternating runs; d_in {args.d_in}, batch {args.batch}, "
+                        f"{args.threads} threads)")
     for c in ("width", "environment", "ms/step", "tokens/s", "minor faults/step", "sys s/step", "speed-up"):
         table.add_column(c, justify="right")
     rows = []

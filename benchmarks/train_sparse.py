@@ -38,7 +38,8 @@ def _entry(name: str, runs: list[dict], args, width: int) -> dict:
             "work_flops_per_s": flops * best["steps_per_s"]}
 
 
-def bench_sparse(args, device, pool, seed: int) -> dict:
+def bench_sparse(args, device, pool, seed: int, save=None) -> dict:
+    """`save(partial)` runs after each width, so a run cut short keeps what it measured."""
     rows = pool - pool.mean(0)
     scale = norm_scale_of(rows)
     systems = SYSTEMS if saelens_available()[0] else SYSTEMS[:2]
@@ -57,24 +58,35 @@ def bench_sparse(args, device, pool, seed: int) -> dict:
             entry["sparse_over_saelens"] = entry["sparse"]["steps_per_s"] / entry["saelens"]["steps_per_s"]
             entry["dense_over_saelens"] = entry["dense"]["steps_per_s"] / entry["saelens"]["steps_per_s"]
         out["widths"].append(entry)
+        if save is not None:
+            save(out)
     if args.crossover_width:
         out["crossover"] = crossover(args, device, rows, scale, seed)
+        if save is not None:
+            save(out)
     return out
 
 
 def crossover(args, device, rows, scale: float, seed: int) -> list[dict]:
-    """Dense and sparse steps of one width at several starting L0 / width, interleaved."""
-    width, plan = args.crossover_width, Plan(args.every, args.warm, args.crossover_timed)
+    """Dense and sparse steps at several starting L0 / width, interleaved, best of --sparse-repeats each."""
+    plan = Plan(args.every, args.warm, args.crossover_timed)
     out = []
-    for fraction in args.crossover_fracs:
-        threshold = threshold_for_l0(rows, scale, width, fraction, seed)
-        source = CycledRows(rows, plan.total * args.batch)
-        print(f"  crossover width {width}, L0 ~{fraction:g} of it: dense and sparse ...", flush=True)
-        r = {step: time_ours(source, args.d_in, width, 1, plan, args, device, scale, threshold_init=threshold,
-                             step=step) for step in ("dense", "sparse")}
-        out.append({"width": width, "l0_fraction_init": fraction, "l0": r["sparse"]["timed_mean_l0"],
-                    "dense_s_per_step": r["dense"]["s_per_step"], "sparse_s_per_step": r["sparse"]["s_per_step"],
-                    "sparse_over_dense": r["dense"]["s_per_step"] / r["sparse"]["s_per_step"]})
+    for width in args.crossover_width:
+        for fraction in args.crossover_fracs:
+            threshold = threshold_for_l0(rows, scale, width, fraction, seed)
+            source = CycledRows(rows, plan.total * args.batch)
+            print(f"  crossover width {width}, L0 ~{fraction:g} of it: dense and sparse ...", flush=True)
+            runs: dict[str, list[dict]] = {"dense": [], "sparse": []}
+            for _ in range(args.sparse_repeats):
+                for step, got in runs.items():
+                    got.append(time_ours(source, args.d_in, width, 1, plan, args, device, scale,
+                                         threshold_init=threshold, step=step))
+            best = {step: min(got, key=lambda r: r["s_per_step"]) for step, got in runs.items()}
+            out.append({"width": width, "l0_fraction_init": fraction, "l0": best["sparse"]["timed_mean_l0"],
+                        "dense_s_per_step": best["dense"]["s_per_step"],
+                        "sparse_s_per_step": best["sparse"]["s_per_step"],
+                        "sparse_over_dense": best["dense"]["s_per_step"] / best["sparse"]["s_per_step"],
+                        "runs_s_per_step": {k: [r["s_per_step"] for r in v] for k, v in runs.items()}})
     return out
 
 
@@ -94,14 +106,16 @@ def print_sparse(res: dict, fmt_rate, fmt_count) -> None:
                   " / ".join(fmt_rate(e[n]["work_flops_per_s"]) for n in names),
                   " / ".join(f"{e[n]['minor_faults_per_step'] / 1e3:.0f}k" for n in names),
                   " / ".join(f"{e[n]['sys_s_per_step']:.2f}" for n in names))
-    con.print(t)
+    if res["widths"]:
+        con.print(t)
     if res.get("crossover"):
-        c = Table(title=f"Where the sparse step overtakes the dense one (width {res['crossover'][0]['width']}); "
+        c = Table(title=f"Where the sparse step overtakes the dense one, best of {res['repeats']} interleaved runs; "
                         f"auto's limit here: L0 / width <= {res['auto_limit']}")
-        for col in ("L0 / width", "L0", "dense ms/step", "sparse ms/step", "sparse speed-up"):
+        for col in ("width", "L0 / width", "L0", "dense ms/step", "sparse ms/step", "sparse speed-up"):
             c.add_column(col, justify="right")
         for r in res["crossover"]:
-            c.add_row(f"{r['l0'] / r['width']:.3f}", f"{r['l0']:.0f}", f"{1e3 * r['dense_s_per_step']:.1f}",
+            c.add_row(str(r["width"]), f"{r['l0'] / r['width']:.3f}", f"{r['l0']:.0f}",
+                      f"{1e3 * r['dense_s_per_step']:.1f}",
                       f"{1e3 * r['sparse_s_per_step']:.1f}", f"{r['sparse_over_dense']:.2f}x")
         con.print(c)
 

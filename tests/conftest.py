@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import s3fs
+import torch
 from moto.server import ThreadedMotoServer
 
 import ray
@@ -26,6 +27,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # modules import the flows at collection), so the address is fixed now and the server started on it later.
 _PREFECT_PORT = free_port()
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """For the SAE math modules (`pytestmark = pytest.mark.usefixtures("single_thread")`): small matmuls gain
+    nothing from threads, and on a shared 2-core box OpenMP threads that spin against other processes made
+    the trainer tests 10-40x slower; one thread keeps them at a second or two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

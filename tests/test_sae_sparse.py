@@ -17,12 +17,7 @@ EPS = 0.05
 DEAD = [0, 1, 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _x(seed: int = 0) -> torch.Tensor:
