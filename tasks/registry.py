@@ -38,7 +38,7 @@ class Stage:
 
 # glibc maps every allocation over its (at most 32 MB) mmap threshold afresh and unmaps it on free, so each
 # [batch, width] and [width, d_in] temporary of a training step page-faults in again every step; keeping
-# them in the heap made sparse steps at width 64k 1.4x faster on CPU (BENCHMARKS.md, "Issue 12")
+# them in the heap made sparse steps at width 64k 1.24x faster on CPU (BENCHMARKS.md, "Issue 12")
 _KEEP_BIG_BUFFERS = (("MALLOC_MMAP_THRESHOLD_", str(16 * 2**30)), ("MALLOC_TRIM_THRESHOLD_", str(16 * 2**30)))
 
 
