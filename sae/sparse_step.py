@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-#: per device type, the L0 / width below which `auto` takes the sparse step. CPU: measured (BENCHMARKS.md,
+#: per device type, the L0 / width up to which `auto` takes the sparse step. CPU: measured (BENCHMARKS.md,
 #: "Issue 12"). Other devices are not measured yet, so `auto` stays dense there: on a GPU the gathers are
 #: bound by memory bandwidth while the dense matmuls it saves run at tensor-core rates.
 SPARSE_MAX_L0_FRACTION = {"cpu": 0.1}
@@ -66,7 +66,8 @@ def sparse_forward(sae: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _offsets(index: Tensor, n: int) -> Tensor:
-    """Start of each of n groups in a sorted index (embedding_bag's bag offsets; empty groups allowed)."""
+    """Where each of the n groups starts once `index` is sorted (embedding_bag's bag offsets; empty groups
+    allowed)."""
     counts = torch.bincount(index, minlength=n)
     return counts.cumsum(0) - counts
 
