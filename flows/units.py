@@ -48,7 +48,8 @@ class PrefectRayExecutor:
         options: dict[str, Any] = {"num_cpus": cpus, "max_retries": self.cfg.orchestration.worker_retries}
         if gpus:
             options["num_gpus"] = gpus
-        env = get_stage(stage).env
+        stage_env = get_stage(stage).env
+        env = stage_env(self.cfg) if stage_env else {}
         if env:  # merged into the run's own runtime environment; Ray keeps such workers apart from the rest
             options["runtime_env"] = {"env_vars": dict(env)}
         return options

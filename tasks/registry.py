@@ -32,14 +32,9 @@ class Stage:
     #: Ray resources per unit unless `orchestration.cpus_per_unit` / `gpus_per_unit` say otherwise
     cpus: float = 1.0
     gpus: float = 0.0
-    #: environment variables of the Ray workers that run its units (their runtime environment)
-    env: tuple[tuple[str, str], ...] = ()
-
-
-# glibc maps every allocation over its (at most 32 MB) mmap threshold afresh and unmaps it on free, so each
-# [batch, width] and [width, d_in] temporary of a training step page-faults in again every step; keeping
-# them in the heap made sparse steps at width 64k 1.24x faster on CPU (BENCHMARKS.md, "Issue 12")
-_KEEP_BIG_BUFFERS = (("MALLOC_MMAP_THRESHOLD_", str(16 * 2**30)), ("MALLOC_TRIM_THRESHOLD_", str(16 * 2**30)))
+    #: environment variables of the Ray workers that run its units (their runtime environment), from the
+    #: config; an empty one leaves its units on the run's own workers
+    env: Callable[[StagesConfig], dict[str, str]] | None = None
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -48,7 +43,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           uses_gpu=True),
     Stage("shuffle", shuffle.run_unit, shuffle.plan_units, reads=("extract",), per_wave=True, freed_by_wave=True),
     Stage("train", train.run_unit, train.plan_units, reads=("shuffle",), per_wave=True, uses_gpu=True,
-          env=_KEEP_BIG_BUFFERS),
+          env=train.worker_env),
     Stage("evaluate", evaluate.run_unit, evaluate.plan_units, reads=("train", "tokenize"), per_wave=True,
           uses_gpu=True),
     Stage("report", report.run_unit, report.plan_units, reads=("evaluate",)),

@@ -55,9 +55,11 @@ def test_unit_resources_default_to_the_registry(tmp_path):
 
 
 def test_train_workers_start_with_the_stage_environment(tmp_path):
-    """The train stage's glibc settings reach its Ray workers as their runtime environment; other stages'
-    workers keep the run's own."""
-    cfg = SuiteConfig.model_validate(small_suite_dict(tmp_path))
+    """The train stage's glibc settings reach its Ray workers as their runtime environment where a step's
+    temporaries exceed glibc's mmap threshold; other stages' workers, and small sweeps', keep the run's own."""
+    small = PrefectRayExecutor(SuiteConfig.model_validate(small_suite_dict(tmp_path)), None, "run")
+    assert all("runtime_env" not in small.ray_options(s) for s in STAGE_NAMES)  # 4 x 256 x 128 bytes
+    cfg = SuiteConfig.model_validate(small_suite_dict(tmp_path, **{"sae.widths": [65536]}))
     executor = PrefectRayExecutor(cfg, None, "run")
     train = executor.ray_options("train")
     assert train["runtime_env"] == {"env_vars": {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**30),
