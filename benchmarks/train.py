@@ -1,11 +1,14 @@
 """Training speed of `sae.train_saes` (issue #3): steady-state tokens/s and FLOP/s against this machine's own
 measured dense-matmul peak, for several widths and K SAEs sharing one stream; whether reading the rows from
-a zarr store slows a step; the same step in SAELens's JumpReLU trainer; and where one step's time goes.
+a zarr store slows a step; the same step in SAELens's JumpReLU trainer; where one step's time goes; and
+(issue #12) our dense and sparse steps against SAELens at L0 ~1% of the width.
 
     .venv/bin/python benchmarks/train.py                  # CPU defaults: d_in 256, batch 1024, a few minutes
     .venv/bin/python benchmarks/train.py --device cuda    # d_in 2304, widths 16k/65k, batch 4096, bf16 autocast
+    .venv/bin/python benchmarks/train.py --only-sparse    # the sparse comparison alone
 
-Prints its tables and writes benchmarks/results/train-<device>.json (tasks/capacity.py reads it).
+Prints its tables and writes benchmarks/results/train-<device>.json (tasks/capacity.py reads it), or
+train-sparse-<device>.json with --only-sparse.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from train_common import (CycledRows, make_rows, measure_peak, norm_scale_of, pl
 from train_data import bench_data  # noqa: E402
 from train_profile import profile_step  # noqa: E402
 from train_saelens import saelens_available, saelens_row  # noqa: E402
+from train_sparse import bench_sparse, print_sparse, sparse_verdict  # noqa: E402
 
 
 def device_name(device: torch.device) -> str:
@@ -104,6 +108,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-saelens", action="store_true", help="skip the SAELens comparison")
     ap.add_argument("--profile-width", type=int, help="default 16384 CUDA, 4096 CPU; 0 skips the profile")
     ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--sparse-widths", default="16384,65536", help="widths of the sparse-step comparison; '' skips it")
+    ap.add_argument("--sparse-l0", type=float, default=0.01, help="L0 / width the comparison's SAEs start at")
+    ap.add_argument("--sparse-repeats", type=int, default=2, help="interleaved runs per system; the best counts")
+    ap.add_argument("--sparse-timed", type=int, help="timed steps per run; default 20 CUDA, 3 CPU")
+    ap.add_argument("--crossover-width", help="widths (comma list); default 16384 CUDA, 4096,16384 CPU; '' skips")
+    ap.add_argument("--crossover-fracs", default="0.02,0.05,0.1,0.2,0.3", help="starting L0 / width (comma list)")
+    ap.add_argument("--crossover-timed", type=int, help="timed steps per crossover run; default 20 CUDA, 3 CPU")
+    ap.add_argument("--only-sparse", action="store_true", help="only the sparse comparison (and the peak)")
     ap.add_argument("--tmp-dir", help="where the temporary zarr stores go (local disk)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON path; default benchmarks/results/train-<device>.json")
@@ -129,11 +141,20 @@ def parse_args() -> argparse.Namespace:
     default("data_width", 16384, 4096)
     default("data_timed", 40, 6)
     default("profile_width", 16384, 4096)
-    args.widths = [int(w) for w in str(args.widths).split(",")]
+    default("sparse_timed", 20, 3)
+    default("crossover_width", "16384", "4096,16384")
+    default("crossover_timed", 20, 3)
+    args.sparse_widths = [int(w) for w in str(args.sparse_widths).split(",") if w]
+    args.crossover_width = [int(w) for w in str(args.crossover_width).split(",") if w]
+    args.crossover_fracs = [float(f) for f in str(args.crossover_fracs).split(",")]
+    if args.only_sparse:
+        args.widths, args.no_saelens, args.no_data, args.profile_width, args.no_shaped_mm = "", True, True, 0, True
+    args.widths = [int(w) for w in str(args.widths).split(",") if w]
     args.ks = [int(k) for k in str(args.ks).split(",")]
     args.peak_sizes = [int(s) for s in str(args.peak_sizes).split(",")]
     if args.out is None:
-        args.out = str(REPO / "benchmarks" / "results" / f"train-{torch.device(args.device).type}.json")
+        name = "train-sparse" if args.only_sparse else "train"
+        args.out = str(REPO / "benchmarks" / "results" / f"{name}-{torch.device(args.device).type}.json")
     return args
 
 
@@ -164,7 +185,8 @@ def print_tables(res: dict) -> None:
                   f"{1e3 * r['s_per_step']:.1f}", spread, fmt_count(r["tokens_per_s"]),
                   fmt_count(r["sae_tokens_per_s"]), fmt_rate(r["flops_per_s"]), f"{100 * r['frac_of_peak']:.1f}%",
                   fmt_rate(r["shaped_mm_flops_per_s"]) if r.get("shaped_mm_flops_per_s") else "-")
-    con.print(t)
+    if res["ours"]:
+        con.print(t)
     d = res.get("data_reading")
     if d:
         dt_ = Table(title=f"Does reading the data slow a step? width {d['width']}, K 1, "
@@ -189,6 +211,8 @@ def print_tables(res: dict) -> None:
         con.print(st)
     elif s is not None and not s.get("available"):
         con.print("SAELens not installed: pip install -e '.[interop]'", markup=False)
+    if res.get("sparse"):
+        print_sparse(res["sparse"], fmt_rate, fmt_count)
     p = res.get("profile")
     if p:
         pt = Table(title=f"Where a step goes: width {p['width']}, K 1, {p['clock']}, mean of {p['steps']} steps "
@@ -218,6 +242,8 @@ def verdicts(res: dict) -> list[str]:
         out.append(f"data reading: slowest zarr source runs at {worst_ratio:.3f}x the in-memory step rate "
                    f"({worst_median:.3f}x by median step) -> "
                    f"{'no measurable slowdown' if worst_ratio >= 0.95 else 'SLOWER'} (threshold 0.95)")
+    if res.get("sparse") and sparse_verdict(res["sparse"]):
+        out.append(sparse_verdict(res["sparse"]))
     return out
 
 
@@ -252,7 +278,8 @@ def main() -> int:
             "matmul_dtype": mm_kind, "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "master_weights": "float32 (parameters, thresholds, Adam state)", "flops_per_step": "12 * B * d_in * W * K",
             "python": platform.python_version(), "numpy": np.__version__, "argv": sys.argv[1:],
-            "args": dict(vars(args)), "zarr": zarr.__version__}
+            "args": dict(vars(args)), "zarr": zarr.__version__,
+            "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}}
 
     pool = make_rows(args.pool_batches * args.batch, args.d_in, device, args.seed)
     scale = norm_scale_of(pool)
@@ -282,6 +309,11 @@ def main() -> int:
     if args.profile_width:
         print(f"profile: width {args.profile_width} ...", flush=True)
         res["profile"] = profile_step(args, device, pool, scale)
+    if args.sparse_widths or args.crossover_width:
+        print(f"sparse step: widths {args.sparse_widths}, ours dense / ours sparse / SAELens; crossover at "
+              f"{args.crossover_width} ...", flush=True)
+        res["sparse"] = bench_sparse(args, device, pool, args.seed, save=lambda part: write_json(
+            args.out, {**res, "sparse": part}, indent=2, default=str))
 
     res["verdicts"] = verdicts(res)
     meta["benchmark_wall_s"] = time.perf_counter() - t_start

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import resource
 import statistics
 import time
 
 import torch
 
-from sae import TrainConfig, train_saes
+from sae import JumpReLUSAE, TrainConfig, train_saes
 
 BASE_LAMBDA = 1e-3
 
@@ -29,6 +30,15 @@ def free_memory(device: torch.device) -> None:
 def step_flops(batch: int, d_in: int, width: int, k: int = 1) -> float:
     # a dense JumpReLU step per SAE: encoder and decoder matmuls 2 B d W each, backward twice the forward
     return 12.0 * batch * d_in * width * k
+
+
+def work_flops(batch: int, d_in: int, width: int, l0: float | None = None) -> float:
+    """The matmul FLOPs a step actually does (no input gradient is computed). Dense (l0 None): five
+    [B, d] x [d, W] products, 10 B d W. Sparse: the encoder's forward 2 B d W, then four gather-sums of B*L0
+    rows of d (decoder forward, dL/df, dL/dW_dec, dL/dW_enc), 8 B L0 d."""
+    if l0 is None:
+        return 10.0 * batch * d_in * width
+    return 2.0 * batch * d_in * width + 8.0 * batch * l0 * d_in
 
 
 # ------------------------------------------------------------------------------------------------ peak
@@ -115,6 +125,26 @@ def make_rows(n_rows: int, d_in: int, device: torch.device, seed: int) -> torch.
     return out
 
 
+def threshold_for_l0(rows: torch.Tensor, scale: float, width: int, fraction: float, seed: int) -> float:
+    """The JumpReLU threshold init at which a freshly initialised SAE fires on `fraction` of its latents
+    per row (measured on up to 64 rows): how the sparse comparison starts at L0 = fraction * width."""
+    sae = JumpReLUSAE(rows.shape[1], width, generator=torch.Generator().manual_seed(seed)).to(rows.device)
+    with torch.no_grad():
+        z = sae.pre_acts(rows[:64] / scale).flatten()
+    return float(z.kthvalue(max(1, round((1.0 - fraction) * z.numel()))).values)
+
+
+def usage() -> tuple[int, float]:
+    """(minor page faults, system CPU seconds) of this process so far: what glibc's re-mapping of big
+    temporaries costs shows up here."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt, r.ru_stime
+
+
+def usage_per_step(before: tuple[int, float], after: tuple[int, float], steps: int) -> dict:
+    return {"minor_faults_per_step": (after[0] - before[0]) / steps, "sys_s_per_step": (after[1] - before[1]) / steps}
+
+
 def norm_scale_of(rows: torch.Tensor) -> float:
     """C = sqrt(E ||x||^2), as the pipeline's dataset statistics give it."""
     return float(rows.double().pow(2).sum(1).mean().sqrt())
@@ -184,7 +214,7 @@ def summarise(stamps: dict[int, float], plan: Plan) -> dict:
 
 
 def time_ours(source, d_in: int, width: int, k: int, plan: Plan, args, device: torch.device,
-              scale: float) -> dict:
+              scale: float, threshold_init: float = 0.001, step: str = "auto") -> dict:
     """`train_saes` on a 2-D array (so through ArrayBatches and its read-ahead thread), as tasks/train.py
     calls it. The clock is read in its on_log hook, which runs after steps L, 2L, ... (L = log_every); the
     first record of each emit has read the losses back with float(), and the hook synchronises before reading
@@ -193,13 +223,18 @@ def time_ours(source, d_in: int, width: int, k: int, plan: Plan, args, device: t
     cfg = TrainConfig(widths=[width], lambdas=[BASE_LAMBDA * 2 ** i for i in range(k)],
                       batch_size=args.batch, epochs=1, log_every=plan.every, checkpoint_every=0,
                       lr_warmup_steps=0, lambda_warmup_steps=plan.warm, autocast_dtype=args.autocast,
-                      threshold_init=0.001, bandwidth=0.001, seed=args.seed)
+                      threshold_init=threshold_init, bandwidth=0.001, seed=args.seed, step=step)
     stamps: dict[int, float] = {}
+    used: dict[int, tuple[int, float]] = {}
+    l0s: list[float] = []
 
     def on_log(rec: dict) -> None:
         if rec["step"] not in stamps:
             sync(device)
             stamps[rec["step"]] = time.perf_counter()
+            used[rec["step"]] = usage()
+        if plan.warm < rec["step"] <= plan.total:
+            l0s.append(rec["l0"])
 
     sync(device)
     t0 = time.perf_counter()
@@ -214,4 +249,6 @@ def time_ours(source, d_in: int, width: int, k: int, plan: Plan, args, device: t
     out["wall_s"] = total
     out["first_window_s"] = stamps[plan.warm] - t0  # build + warm steps, excluded
     out["final_l0"] = l0
+    out["timed_mean_l0"] = statistics.fmean(l0s)
+    out.update(usage_per_step(used[plan.warm], used[plan.total], plan.timed))
     return out

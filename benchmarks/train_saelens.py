@@ -8,7 +8,8 @@ import time
 import torch
 
 from sae import TrainConfig
-from train_common import BASE_LAMBDA, CycledRows, Plan, free_memory, step_flops, summarise, sync
+from train_common import (BASE_LAMBDA, CycledRows, Plan, free_memory, step_flops, summarise, sync, usage,
+                          usage_per_step)
 
 
 def saelens_available() -> tuple[bool, str]:
@@ -29,6 +30,7 @@ class ClockedBatches:
         self.every, self.device = every, device
         self.i = 0
         self.stamps: dict[int, float] = {}
+        self.used: dict[int, tuple[int, float]] = {}
 
     def __iter__(self):
         return self
@@ -38,6 +40,7 @@ class ClockedBatches:
         if i % self.every == 0:
             sync(self.device)
             self.stamps[i] = time.perf_counter()
+            self.used[i] = usage()
         if i >= self.n:
             raise StopIteration
         self.i += 1
@@ -45,7 +48,8 @@ class ClockedBatches:
         return b.to(self.device, torch.float32) / self.scale
 
 
-def time_saelens(pool: torch.Tensor, width: int, plan: Plan, args, device: torch.device, scale: float) -> dict:
+def time_saelens(pool: torch.Tensor, width: int, plan: Plan, args, device: torch.device, scale: float,
+                 threshold_init: float = 0.001) -> dict:
     """Same d_in, width, batch, threshold init, bandwidth, l0 coefficient and warm-up, Adam betas and lr as
     ours, constant schedule, no checkpoints, no wandb, bf16 autocast when ours uses it. Per step SAELens also
     tracks dead latents and clips the gradient norm; it does not renormalise decoder rows (ours does)."""
@@ -56,7 +60,7 @@ def time_saelens(pool: torch.Tensor, width: int, plan: Plan, args, device: torch
     torch.manual_seed(args.seed)
     sae_cfg = JumpReLUTrainingSAEConfig(
         d_in=args.d_in, d_sae=width, dtype="float32", device=str(device), apply_b_dec_to_input=True,
-        normalize_activations="none", jumprelu_init_threshold=0.001, jumprelu_bandwidth=0.001,
+        normalize_activations="none", jumprelu_init_threshold=threshold_init, jumprelu_bandwidth=0.001,
         jumprelu_sparsity_loss_mode="step", l0_coefficient=BASE_LAMBDA, l0_warm_up_steps=plan.warm)
     sae = JumpReLUTrainingSAE(sae_cfg)
     n_steps = plan.total + 1  # the stamp after the last timed step is taken when fit() asks for one more
@@ -79,6 +83,7 @@ def time_saelens(pool: torch.Tensor, width: int, plan: Plan, args, device: torch
     out = summarise(provider.stamps, plan)
     out.update(plan.as_dict())
     out["wall_s"] = total
+    out.update(usage_per_step(provider.used[plan.warm], provider.used[plan.total], plan.timed))
     return out
 
 

@@ -19,6 +19,7 @@ from flows.config import SuiteConfig
 from storage.errors import is_input_error
 from storage.root import StorageRoot
 from tasks.execute import run_unit
+from tasks.registry import get_stage
 from tasks.units import UnitSpec
 
 
@@ -41,12 +42,21 @@ class PrefectRayExecutor:
     def __init__(self, cfg: SuiteConfig, root: StorageRoot, run_id: str) -> None:
         self.cfg, self.root, self.run_id = cfg, root, run_id
 
-    def submit(self, spec: UnitSpec, upstream: list[Any], done: Callable[[], None]) -> Any:
-        orch = self.cfg.orchestration
-        cpus, gpus = self.cfg.unit_resources(spec.stage)
-        options = {"num_cpus": cpus, "max_retries": orch.worker_retries}
+    def ray_options(self, stage: str) -> dict[str, Any]:
+        """What Ray gets for a unit of `stage`: its resources, retries, and its workers' environment."""
+        cpus, gpus = self.cfg.unit_resources(stage)
+        options: dict[str, Any] = {"num_cpus": cpus, "max_retries": self.cfg.orchestration.worker_retries}
         if gpus:
             options["num_gpus"] = gpus
+        stage_env = get_stage(stage).env
+        env = stage_env(self.cfg) if stage_env else {}
+        if env:  # merged into the run's own runtime environment; Ray keeps such workers apart from the rest
+            options["runtime_env"] = {"env_vars": dict(env)}
+        return options
+
+    def submit(self, spec: UnitSpec, upstream: list[Any], done: Callable[[], None]) -> Any:
+        orch = self.cfg.orchestration
+        options = self.ray_options(spec.stage)
         runnable = unit_task.with_options(task_run_name=f"{spec.stage}:{spec.unit}", tags=[spec.stage],
                                           retries=orch.task_retries, retry_delay_seconds=orch.retry_delay_seconds,
                                           retry_condition_fn=retry_transient)

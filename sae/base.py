@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .sparse_step import Pattern
+
 
 class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
     """x_hat = act(x @ W_enc + b_enc) @ W_dec + b_dec, in its training form or its released (folded) form.
@@ -112,6 +114,16 @@ class SparseAutoencoder(nn.Module, metaclass=ABCMeta):
     def training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
         """({"loss", "mse", "sparsity", "l0"}, f) on normalised activations; `coefficient` is the warmed-up
         sparsity coefficient (ignored by architectures whose sparsity is structural)."""
+
+    @abstractmethod
+    def sparse_pattern(self, z: Tensor) -> Pattern:
+        """The entries of pre-activations z (no grad) the sparse step must touch: every one where f != 0,
+        and any other a gradient needs (JumpReLU's kernel window)."""
+
+    @abstractmethod
+    def sparse_training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
+        """`training_loss` by the sparse step (sae/sparse_step.py): the same losses, and the latents that
+        fired on this batch ([d_sae] bool) instead of the dense f."""
 
     def _fold_extra(self, scale: float) -> dict[str, Tensor]:
         return {}

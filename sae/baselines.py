@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .base import SparseAutoencoder
+from .sparse_step import Pattern, sparse_forward
 
 
 class ReLUSAE(SparseAutoencoder):
@@ -42,6 +43,16 @@ class ReLUSAE(SparseAutoencoder):
         sparsity = coefficient * f.sum(-1).mean()
         l0 = (f > 0).sum(-1).float().mean()
         return {"loss": mse + sparsity, "mse": mse, "sparsity": sparsity, "l0": l0}, f
+
+    def sparse_pattern(self, z: Tensor) -> Pattern:
+        rows, cols = torch.where(z > 0)
+        return Pattern(rows, cols, z[rows, cols], torch.ones_like(rows, dtype=torch.bool))
+
+    def sparse_training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
+        x_hat, f, l0, fired = sparse_forward(self, x)
+        mse = self._mse(x_hat, x)
+        sparsity = coefficient * f.sum() / x.shape[0]
+        return {"loss": mse + sparsity, "mse": mse, "sparsity": sparsity, "l0": l0}, fired
 
 
 class TopKSAE(SparseAutoencoder):
@@ -96,3 +107,17 @@ class TopKSAE(SparseAutoencoder):
         mse = self._mse(self.decode(f), x)
         l0 = (f > 0).sum(-1).float().mean()
         return {"loss": mse, "mse": mse, "sparsity": torch.zeros_like(mse), "l0": l0}, f
+
+    def sparse_pattern(self, z: Tensor) -> Pattern:
+        """The k selected latents of each row, in latent order (a CSR pattern); those with z <= 0 are
+        selected but inactive, as ReLU leaves them."""
+        values, cols = z.topk(self.k, dim=-1, sorted=False)
+        cols, order = cols.sort(-1)
+        values = values.gather(-1, order).flatten()
+        rows = torch.arange(z.shape[0], device=z.device).repeat_interleave(self.k)
+        return Pattern(rows, cols.flatten(), values, values > 0)
+
+    def sparse_training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
+        x_hat, _, l0, fired = sparse_forward(self, x)
+        mse = self._mse(x_hat, x)
+        return {"loss": mse, "mse": mse, "sparsity": torch.zeros_like(mse), "l0": l0}, fired

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .registry import ARCHITECTURES, architecture_class
 
-#: fields that change how training runs but never what it produces; fingerprints leave them out
-RUNTIME_FIELDS = frozenset({"checkpoint_every"})
+#: fields that change how training runs but not what it produces (beyond float rounding, for `step`);
+#: fingerprints and checkpoints leave them out
+RUNTIME_FIELDS = frozenset({"checkpoint_every", "step"})
 
 
 class TrainConfig(BaseModel):
@@ -48,6 +49,9 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(1000, ge=0, description="steps between checkpoints; 0 turns them off")
     autocast_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="matmul dtype; parameters, thresholds and Adam state stay float32 either way")
+    step: Literal["auto", "dense", "sparse"] = Field(
+        "auto", description="the training step: dense, sparse over active latents (sae/sparse_step.py), or "
+                            "auto: sparse once the measured L0 is a small enough part of the width")
     seed: int = 0
 
     @field_validator("widths")

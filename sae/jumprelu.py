@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .base import SparseAutoencoder
+from .sparse_step import Pattern, sparse_forward
 
 
 def _kernel_window(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -156,6 +157,19 @@ class JumpReLUSAE(SparseAutoencoder):
         l0 = h.sum(-1).mean()
         sparsity = coefficient * l0
         return {"loss": mse + sparsity, "mse": mse, "sparsity": sparsity, "l0": l0}, f
+
+    def sparse_pattern(self, z: Tensor) -> Pattern:
+        """Active latents and the kernel window both lie in z > theta - eps (half a bandwidth of room for
+        rounding); the exact tests are then the dense step's, on the same numbers."""
+        rows, cols = torch.where(z > self.threshold - self.bandwidth)
+        values, threshold = z[rows, cols], self.threshold[cols]
+        return Pattern(rows, cols, values, values > threshold, _kernel_window(values, threshold, self.bandwidth))
+
+    def sparse_training_loss(self, x: Tensor, coefficient: float) -> tuple[dict[str, Tensor], Tensor]:
+        x_hat, _, l0, fired = sparse_forward(self, x)
+        mse = self._mse(x_hat, x)
+        sparsity = coefficient * l0
+        return {"loss": mse + sparsity, "mse": mse, "sparsity": sparsity, "l0": l0}, fired
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -1,7 +1,8 @@
 """Train every SAE of a sweep -- architectures x widths x sparsities -- on a single stream of batches.
 
 Reading activations dominates the cost at scale, so each batch is read once and fed to every SAE in turn
-(Gemma Scope's shared data server, dictionary_learning's trick). Each SAE keeps its own Adam. With a
+(Gemma Scope's shared data server, dictionary_learning's trick). Each SAE keeps its own Adam, and takes the
+dense step or, once its measured L0 is a small part of its width, the sparse one (sae/sparse_step.py). With a
 checkpoint store the whole state (parameters, Adam moments, step, data position, per-latent firing
 history, logs, RNG) is saved every `checkpoint_every` steps, and a restarted call resumes from it; the
 schedules are pure functions of the step, so a resumed run is the uninterrupted run, bit for bit on CPU.
@@ -23,6 +24,7 @@ from .checkpoint import CheckpointStore, dumps, loads
 from .config import TrainConfig
 from .data import ArrayBatches, BatchSource, check_source, is_array, stream_from
 from .schedules import lambda_at, lr_at
+from .sparse_step import step_loss, use_sparse
 
 CHECKPOINT_FORMAT = 1
 
@@ -223,14 +225,15 @@ def train_saes(
             run.coeff = _coefficient(run.point, pos.step, cfg)
             for group in run.opt.param_groups:
                 group["lr"] = pos.lr
+            sparse = use_sparse(cfg.step, run.last.get("l0"), run.point.width, device.type)
             with autocast:
-                losses, f = run.sae.training_loss(x, run.coeff)
+                losses, fired = step_loss(run.sae, x, run.coeff, sparse)
             run.opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             run.sae.remove_parallel_decoder_grad()
             run.opt.step()
             run.sae.after_step()
-            run.last_fired = torch.where((f.detach() != 0).any(0), tokens_after, run.last_fired)
+            run.last_fired = torch.where(fired, tokens_after, run.last_fired)
             run.last = {k: v.detach() for k, v in losses.items()}
         pos.step += 1
         pos.tokens = tokens_after

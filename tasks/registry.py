@@ -32,6 +32,9 @@ class Stage:
     #: Ray resources per unit unless `orchestration.cpus_per_unit` / `gpus_per_unit` say otherwise
     cpus: float = 1.0
     gpus: float = 0.0
+    #: environment variables of the Ray workers that run its units (their runtime environment), from the
+    #: config; an empty one leaves its units on the run's own workers
+    env: Callable[[StagesConfig], dict[str, str]] | None = None
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -39,7 +42,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("extract", extract.run_unit, extract.plan_units, reads=("tokenize",), per_wave=True, freed_by_wave=True,
           uses_gpu=True),
     Stage("shuffle", shuffle.run_unit, shuffle.plan_units, reads=("extract",), per_wave=True, freed_by_wave=True),
-    Stage("train", train.run_unit, train.plan_units, reads=("shuffle",), per_wave=True, uses_gpu=True),
+    Stage("train", train.run_unit, train.plan_units, reads=("shuffle",), per_wave=True, uses_gpu=True,
+          env=train.worker_env),
     Stage("evaluate", evaluate.run_unit, evaluate.plan_units, reads=("train", "tokenize"), per_wave=True,
           uses_gpu=True),
     Stage("report", report.run_unit, report.plan_units, reads=("evaluate",)),

@@ -49,8 +49,9 @@ def embedded_assets():
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """The units on one thread, as a Ray worker (num_cpus=1) runs them: on a busy 2-core machine two
-    intra-op threads per op spin against each other for many times the single-thread time."""
+    """For modules of small matmuls and of units run in this process (`pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")`): one thread, as a Ray worker of one CPU runs them; on a busy
+    2-core machine OpenMP threads spinning against other processes made them 10-40x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flows.config import ConfigError, SuiteConfig, load_suite_config
+from flows.units import PrefectRayExecutor
 from sae import ARCHITECTURES, SweepPoint, TrainConfig, architecture_class, load_saelens, save_saelens, sweep_points
 from sae.architectures import build_sae
 from sae.export import load_gemma_scope_npz, save_gemma_scope_npz
@@ -51,6 +52,20 @@ def test_unit_resources_default_to_the_registry(tmp_path):
                                       "orchestration": {"cpus_per_unit": {"train": 2}, "gpus_per_unit": {"train": 1}}})
     assert cfg.unit_resources("train") == (2, 1)
     assert cfg.unit_resources("extract") == (STAGES["extract"].cpus, STAGES["extract"].gpus)
+
+
+def test_train_workers_start_with_the_stage_environment(tmp_path):
+    """The train stage's glibc settings reach its Ray workers as their runtime environment where a step's
+    temporaries exceed glibc's mmap threshold; other stages' workers, and small sweeps', keep the run's own."""
+    small = PrefectRayExecutor(SuiteConfig.model_validate(small_suite_dict(tmp_path)), None, "run")
+    assert all("runtime_env" not in small.ray_options(s) for s in STAGE_NAMES)  # 4 x 256 x 128 bytes
+    cfg = SuiteConfig.model_validate(small_suite_dict(tmp_path, **{"sae.widths": [65536]}))
+    executor = PrefectRayExecutor(cfg, None, "run")
+    train = executor.ray_options("train")
+    assert train["runtime_env"] == {"env_vars": {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**30),
+                                                 "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}}
+    assert train["num_cpus"] == cfg.unit_resources("train")[0]
+    assert all("runtime_env" not in executor.ray_options(s) for s in STAGE_NAMES if s != "train")
 
 
 def test_suite_fingerprint_ignores_orchestration(tmp_path):

@@ -16,14 +16,7 @@ from sae.trainer import _generator_for
 EPS = 0.1  # a wide bandwidth so hand-placed pre-activations land clearly inside or outside the kernel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small matmuls gain nothing from threads, and on a shared 2-core box OpenMP threads that spin against
-    other processes made the trainer tests 10-40x slower; one thread keeps them at a second or two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _kernel(z: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:

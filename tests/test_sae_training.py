@@ -12,12 +12,7 @@ from sae import (FileCheckpoint, JumpReLUSAE, ReLUSAE, TopKSAE, TrainConfig, loa
                  save_gemma_scope_npz, save_saelens, sweep_points, train_saes)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -45,6 +45,21 @@ def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
     return units
 
 
+# glibc serves an allocation above its mmap threshold (raised dynamically up to 32 MiB) by a fresh mapping and
+# unmaps it on free, so each [batch, width] temporary of a training step page-faults in again every step;
+# keeping them in the heap made sparse steps at width 64k 1.24x faster on CPU (BENCHMARKS.md, "Issue 12")
+_GLIBC_MAX_MMAP_THRESHOLD = 32 * 2**20
+_KEEP_BIG_BUFFERS = {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**30), "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}
+
+
+def worker_env(cfg: StagesConfig) -> dict[str, str]:
+    """The train workers' glibc settings, where a step's [batch, width] fp32 temporaries are big enough to
+    be mapped afresh each step; smaller sweeps (the tiny default) stay on the run's own workers, which a
+    runtime environment of their own would keep apart and start cold."""
+    biggest = 4 * cfg.sae.batch_size * max(cfg.sae.widths)
+    return dict(_KEEP_BIG_BUFFERS) if biggest > _GLIBC_MAX_MMAP_THRESHOLD else {}
+
+
 def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
     return train_site_layer(cfg, spec.site, spec.layer, spec.model_name, root)
 
