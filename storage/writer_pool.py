@@ -11,16 +11,20 @@ bounded: `append` waits for a free slot. A writer's exception, or a writer that 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import queue
+import resource
+import sys
 import traceback
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import zarr
 
-from storage.arrays import write_rows_unit
+from storage.arrays import open_for_writing, write_rows_unit
 from storage.root import StorageRoot
 
 _ALIGN = 64
@@ -61,14 +65,32 @@ def assign_owners(arrays: dict[str, PoolArray], row_bytes: dict[str, int], n: in
     return owner
 
 
+def _forkserver_context():
+    """Writers are forked from a small server process started once per caller (no fork of a process that
+    holds CUDA, threads or a model; no fresh interpreter per writer). Python 3.11's server ignores the
+    caller's sys.path, so it starts with that path as its PYTHONPATH: its children import the modules the
+    caller imports (this checkout's, not an installed copy)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return ctx
+
+
 class WriterPool:
     """`n` writer processes, started at construction (they start while the caller loads its model); then
     `open` once the arrays exist, `append` rows batch by batch, and `close` (returns once every object is
     written and every writer exited) or `abort`."""
 
     def __init__(self, root: StorageRoot, n: int, slot_bytes: int, depth: int = 2):
-        ctx = mp.get_context("forkserver")  # no fork of a process that holds CUDA, threads or a model
-        ctx.set_forkserver_preload([__name__])
+        ctx = _forkserver_context()
         self.slot_bytes = slot_bytes
         self.slots = [SharedMemory(create=True, size=max(1, slot_bytes)) for _ in range(depth)]
         self.free = list(range(depth))
@@ -76,9 +98,11 @@ class WriterPool:
         self.outbox = ctx.Queue()
         self.inboxes = [ctx.Queue() for _ in range(n)]
         self.procs = [ctx.Process(target=_writer_main, name=f"extract-writer-{i}", daemon=True,
-                                  args=(i, root, [s.name for s in self.slots], self.inboxes[i], self.outbox))
+                                  args=(i, root, [s.name for s in self.slots], self.inboxes[i], self.outbox,
+                                        os.getpid()))
                       for i in range(n)]
         self.done: set[int] = set()
+        self.writer_stats: dict[int, tuple[float, float, int]] = {}
         self.arrays: dict[str, PoolArray] = {}
         self.offset: dict[str, int] = {}
         self.owner: dict[tuple[str, int], int] = {}
@@ -191,8 +215,9 @@ class WriterPool:
             self.refs[slot] -= 1
             if self.refs[slot] == 0:
                 self.free.append(slot)
-        elif kind == "done":
+        elif kind == "done":  # with the writer's CPU seconds, of them in the kernel, and peak RSS (KiB)
             self.done.add(msg[1])
+            self.writer_stats[msg[1]] = msg[2:]
         else:  # "error"
             _, w, error, where, tb = msg
             what = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
@@ -201,8 +226,19 @@ class WriterPool:
             raise failure from (error if isinstance(error, BaseException) else None)
 
 
-def _writer_main(wid: int, root: StorageRoot, slot_names: list[str], inbox, outbox) -> None:
-    """One writer: buffers the rows of the objects it owns and writes each object whole once complete."""
+def _caller_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _writer_main(wid: int, root: StorageRoot, slot_names: list[str], inbox, outbox, caller: int) -> None:
+    """One writer: buffers the rows of the objects it owns and writes each object whole once complete.
+    It exits if its caller dies (a killed Ray worker) instead of waiting for rows forever."""
     slots, current = [], "its shared-memory slots"
     try:
         slots = [SharedMemory(name=name) for name in slot_names]  # forkserver children share the caller's
@@ -211,11 +247,16 @@ def _writer_main(wid: int, root: StorageRoot, slot_names: list[str], inbox, outb
         pending: set[tuple[str, int]] = set()
         buffers: dict[tuple[str, int], list] = {}
         while True:
-            msg = inbox.get()
+            try:
+                msg = inbox.get(timeout=5)
+            except queue.Empty:
+                if not _caller_alive(caller):
+                    return
+                continue
             if msg[0] == "open":
                 for name, a in msg[1].items():
                     current = a.path
-                    arrays[name] = (zarr.open_array(store=root.zarr_store(a.path), mode="r+"), a)
+                    arrays[name] = (open_for_writing(root.zarr_store(a.path)), a)
                 pending.update(msg[2])
             elif msg[0] == "rows":
                 complete = []
@@ -237,7 +278,8 @@ def _writer_main(wid: int, root: StorageRoot, slot_names: list[str], inbox, outb
                     name, j = min(pending)
                     raise ValueError(f"{arrays[name][1].path}: storage object {j} of {len(pending)} unwritten "
                                      f"objects never received all its rows")
-                outbox.put(("done", wid))
+                t, peak = os.times(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                outbox.put(("done", wid, t.user + t.system, t.system, peak))
                 return
     except BaseException as e:
         tb = traceback.format_exc()

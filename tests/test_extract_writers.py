@@ -55,7 +55,8 @@ def test_a_unit_stores_the_same_bytes_with_1_and_3_writers(tmp_path, embedded_as
 
 
 def test_writer_processes_match_the_thread_on_ragged_batches(tmp_path):
-    """Batches of random sizes (1 to 170 rows) over objects of 300 rows, 4 writers for 6 arrays."""
+    """Batches of random sizes (1 to 170 rows) over objects of 300 rows, 4 writers for 6 arrays; rows 300-399
+    are all zeros: a chunk like any other, never a missing one (zarr skips empty chunks unless told not to)."""
     storage = StorageConfig(root=str(tmp_path), activation_dtype="float16", chunk_rows=100, shard_chunks=3)
     keys, widths, n_rows = [("res", 0), ("res", 1), ("mlp", 2)], {"res": 16, "mlp": 8}, 1234
     for writers in (1, 4):
@@ -65,10 +66,15 @@ def test_writer_processes_match_the_thread_on_ragged_batches(tmp_path):
             done = 0
             while done < n_rows:
                 b = min(int(rng.integers(1, 171)), n_rows - done)
-                out.append({k: rng.standard_normal((b, widths[k[0]])).astype(np.float16) for k in keys},
-                           np.arange(2 * done, 2 * (done + b), dtype=np.int32).reshape(b, 2))
+                rows = {k: rng.standard_normal((b, widths[k[0]])).astype(np.float16) for k in keys}
+                index = np.arange(2 * done, 2 * (done + b), dtype=np.int32).reshape(b, 2)
+                for data in (*rows.values(), index):
+                    data[max(300 - done, 0):max(400 - done, 0)] = 0
+                out.append(rows, index)
                 done += b
-    assert _files(tmp_path / "w4") == _files(tmp_path / "w1")
+    files = _files(tmp_path / "w1")
+    assert "activations/res/layer_0/shard_00003/index/c/3/0" in files  # the all-zero chunk of index
+    assert _files(tmp_path / "w4") == files
 
 
 def test_a_failing_writer_fails_the_unit_with_its_error(tmp_path):
