@@ -18,6 +18,10 @@ from storage.errors import InputError
 
 _STORED_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+# write_empty_chunks: every chunk is written, so zarr skips its per-chunk "all fill value?" scan (slow for
+# uint16) and an all-zero chunk is an object like any other, not a missing one. A runtime setting, not
+# stored in the metadata: whoever opens an array to write it must set it again (open_for_writing).
+_WRITE_CONFIG = {"write_empty_chunks": True}
 
 
 def create_array(store, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
@@ -39,11 +43,15 @@ def create_array(store, name: str, shape: tuple[int, ...], dtype: str, chunks: t
     if shard_chunks > 1 and shape[0] > chunks[0]:
         rows = min(chunks[0] * shard_chunks, -(-shape[0] // chunks[0]) * chunks[0])
         shards = (rows, *chunks[1:])
-    # write_empty_chunks: every chunk is written, so zarr skips its per-chunk "all fill value?" scan (slow for
-    # uint16) and an all-zero chunk is an object like any other, not a missing one
     return zarr.create_array(store=store, name=name, shape=shape, dtype=stored, chunks=chunks, shards=shards,
                              compressors=compressors, attributes=attrs, overwrite=True, fill_value=0,
-                             config={"write_empty_chunks": True})
+                             config=_WRITE_CONFIG)
+
+
+def open_for_writing(store) -> zarr.Array:
+    """An array made by `create_array`, opened to write more of its storage objects exactly as its creator
+    would (the same runtime config)."""
+    return zarr.open_array(store=store, mode="r+").with_config(_WRITE_CONFIG)
 
 
 def write_rows_unit(array: zarr.Array) -> int:

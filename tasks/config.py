@@ -4,7 +4,7 @@ Each stage's fingerprint hashes only the slices of this that shape its output (t
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +42,13 @@ class ModelConfig(_Strict):
 class ExtractConfig(_Strict):
     seqs_per_shard: int = Field(256, ge=1)
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
+    writers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="processes writing a unit's storage objects (1: the unit's own writer thread); "
+                            "auto: one per CPU of the unit beyond the forward pass's (tasks/stages/extract.py)")
+
+
+#: settings that change how a stage runs, not what it stores: no fingerprint hashes them
+RUNTIME_ONLY: dict[str, set[str]] = {"extract": {"writers"}}
 
 
 class ShuffleConfig(_Strict):

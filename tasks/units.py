@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, Field
 
 from storage.fingerprint import fingerprint
-from tasks.config import StagesConfig
+from tasks.config import RUNTIME_ONLY, StagesConfig
 
 FORMAT_VERSION = 2  # bump when a stage's output format changes, so old outputs are not trusted
 
@@ -72,6 +72,6 @@ Planned = dict[str, list[UnitSpec]]
 
 def suite_fingerprint(cfg: StagesConfig) -> str:
     """The fingerprint of what the suite computes, recorded in suite.json and the report: the stages'
-    settings only, so editing how it is orchestrated (retries, resources) leaves it alone."""
+    settings only, so editing how it is orchestrated (retries, resources, `RUNTIME_ONLY`) leaves it alone."""
     stage_fields = set(StagesConfig.model_fields) - {"name"}
-    return fingerprint(FORMAT_VERSION, cfg.model_dump(mode="json", include=stage_fields))
+    return fingerprint(FORMAT_VERSION, cfg.model_dump(mode="json", include=stage_fields, exclude=RUNTIME_ONLY))
