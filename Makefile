@@ -29,7 +29,7 @@ run: install
 
 # Several workers on 2 cores: the integration scenarios wait more than they compute (tests/conftest.py).
 test: $(VENV)/.interop
-	$(PY) -m pytest -q -n 3 --dist loadscope
+	$(PY) -m pytest -q -n 3 --dist loadscope --no-loadscope-reorder
 
 clean:
 	rm -rf runs/tiny
