@@ -13,7 +13,7 @@ from flows.config import DEFAULT_CONFIG, SuiteConfig, load_suite_config
 from flows.prepare import prepare_suite
 from flows.progress import RunProgress
 from flows.ray_runner import ShapedRayTaskRunner
-from flows.units import PrefectRayExecutor
+from flows.units import PrefectRayExecutor, warm_workers
 from infra.ray_local import init_ray
 from storage.layout import REPORT_INDEX
 from storage.lease import RootLease
@@ -103,6 +103,8 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
     register_runner(run_id, runner)
     try:
         started_ray = init_ray(cfg.orchestration)
+        if started_ray and not cfg.orchestration.ray_address:
+            warm_workers()
         try:
             task_runner = ShapedRayTaskRunner(address=cfg.orchestration.ray_address)
             plan = units_flow.with_options(task_runner=task_runner)(cfg, prepared, run_id)

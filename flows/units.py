@@ -8,6 +8,7 @@ Python exception.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import ray
@@ -29,6 +30,20 @@ def unit_task(cfg: SuiteConfig, spec: UnitSpec, root: StorageRoot, run_id: str) 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     record = run_unit(cfg, spec, root, run_id=run_id, node=node)
     return {"unit": spec.unit, "duration_s": record.duration_s, "metrics": record.metrics}
+
+
+@ray.remote(num_cpus=1)
+def _warm_worker() -> int:
+    """Nothing: loading this function in a worker imports this module, and with it all a unit needs."""
+    return os.getpid()
+
+
+def warm_workers() -> None:
+    """Start a local instance's workers now, each importing the unit code, while the driver still sets the
+    run up: Ray starts them only when a unit arrives, so the second worker's 5-15 s start (Python, torch,
+    transformers, Prefect) came after the first unit and left it idle. Not awaited."""
+    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
+        _warm_worker.remote()
 
 
 def retry_transient(task, task_run, state) -> bool:
