@@ -15,6 +15,8 @@ from torch import Tensor
 
 #: the key of an empty slot (a latent with fewer than k firing rows so far)
 EMPTY = torch.iinfo(torch.int64).min
+#: candidate keys merged into the top-k buffer per torch.topk call
+MERGE_ELEMENTS = 1 << 24
 _LOW = 1 << 32
 _MAX_ROW = _LOW - 1
 
@@ -79,8 +81,13 @@ class LatentStats:
         self._counts += active.sum(0)
         self._sums += f.double().sum(0)
         self._max = torch.maximum(self._max, torch.where(active, f, float("-inf")).amax(0))
-        keys = torch.where(active, sort_keys(f, row_ids.to(f.device)), EMPTY)
-        self._keys = torch.topk(torch.cat([self._keys, keys]), self.k, dim=0).values
+        row_ids = row_ids.to(f.device)
+        # merged a slice of rows at a time, so the int64 keys stay ~128 MB whatever the width
+        step = max(1, MERGE_ELEMENTS // f.shape[1])
+        for start in range(0, f.shape[0], step):
+            part, act = f[start:start + step], active[start:start + step]
+            keys = torch.where(act, sort_keys(part, row_ids[start:start + step]), EMPTY)
+            self._keys = torch.topk(torch.cat([self._keys, keys]), self.k, dim=0).values
 
     def result(self) -> LatentSummary:
         counts = self._counts.cpu()
