@@ -60,7 +60,8 @@ def _child(args: argparse.Namespace) -> dict:
 
     from flows.config import SuiteConfig
     from storage.root import StorageRoot
-    from tasks.stages.extract import extract_shard, forward_until
+    from tasks.lm.sites import forward_until
+    from tasks.stages.extract import extract_shard
     from tasks.lm.model import load_model, pick_device
     from storage.layout import TOKENS_TRAIN
     from tasks.stages.tokenize import tokenize_corpus

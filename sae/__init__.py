@@ -12,6 +12,7 @@ from .config import TrainConfig
 from .data import ArrayBatches
 from .export import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
 from .jumprelu import JumpReLUSAE
+from .latents import LatentStats, LatentSummary
 from .metrics import SAEMetrics
 from .registry import ARCHITECTURES, architecture_class
 from .trainer import TrainedSAE, train_saes
@@ -32,6 +33,8 @@ __all__ = [
     "TrainedSAE",
     "train_saes",
     "SAEMetrics",
+    "LatentStats",
+    "LatentSummary",
     "save_gemma_scope_npz",
     "load_gemma_scope_npz",
     "save_saelens",

@@ -15,6 +15,9 @@ REPORT_METRICS = f"{REPORT_DIR}/metrics.parquet"
 STATE_DIR = "state"
 #: a unit's training log, inside its SAE folder
 TRAIN_LOG = "train_log.parquet"
+#: inside a latents_dir: one row per latent, and the top-k activating contexts of every latent
+LATENT_STATS = "stats.parquet"
+LATENT_CONTEXTS = "contexts.parquet"
 
 
 def site_layer(site: str, layer: int) -> str:
@@ -49,6 +52,12 @@ def checkpoint(site: str, layer: int) -> str:
 
 def eval_table(site: str, layer: int) -> str:
     return f"evals/{site_layer(site, layer)}.parquet"
+
+
+def latents_dir(site: str, layer: int, width: int, setting: str) -> str:
+    """One SAE's latents, as the inspect stage found them on the held-out tokens: LATENT_STATS (a row per
+    latent) and LATENT_CONTEXTS (its top-activating contexts)."""
+    return f"latents/{site_layer(site, layer)}/width_{width}/{setting}"
 
 
 def import_sae_dir(name: str, site: str, release_rel: str) -> str:

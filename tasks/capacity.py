@@ -169,6 +169,13 @@ def sae_bytes(d: int, width: int) -> int:
     return 2 * 4 * (2 * d * width + 2 * width + d)
 
 
+def latents_bytes(cfg: StagesConfig, width: int) -> int:
+    """stats.parquet and contexts.parquet of one SAE, uncompressed: a stats row per latent (counts, max,
+    mean, the output tokens with their weights) and up to top_k context rows (ids, value, the window)."""
+    ins = cfg.inspect
+    return width * (37 + 16 * ins.n_output_tokens + ins.top_k * (18 + 4 * (2 * ins.window + 1)))
+
+
 def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_train_seqs: int,
                   rates: Throughputs | None) -> dict:
     """Per stage: units, bytes written, storage objects, FLOPs and device-hours; plus the waves."""
@@ -205,6 +212,14 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
                     + 2 * shape.d_model * shape.vocab)
         + points * sum(4 * shape.site_width(s) * w for w in cfg.sae.widths)
         for s, layer in groups)
+    # inspect: per (site, layer), the forward pass up to L, then per SAE its encoder, and once per SAE its
+    # decoder rows through the unembedding
+    inspect_flops = sum(
+        n_eval * ctx * (shape.forward_flops_per_token(ctx, layer, logits=False)
+                        + points * sum(2 * shape.site_width(s) * w for w in cfg.sae.widths))
+        + points * sum(2 * w * shape.d_model * shape.vocab for w in cfg.sae.widths)
+        for s, layer in groups)
+    inspect_bytes = len(groups) * points * sum(latents_bytes(cfg, w) for w in cfg.sae.widths)
     sae_total = sum(sae_bytes(shape.site_width(s), w) * points for s, _ in groups for w in cfg.sae.widths)
 
     def hours(flops: float, rate: float | None) -> float | None:
@@ -222,6 +237,8 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
                       hours=train_hours),
         "evaluate": dict(units=len(groups), bytes=len(groups) * 4096, objects=len(groups), flops=eval_flops,
                          hours=hours(eval_flops, ex_rate)),
+        "inspect": dict(units=len(groups), bytes=inspect_bytes, objects=len(groups) * n_saes * 2,
+                        flops=inspect_flops, hours=hours(inspect_flops, ex_rate)),
         "report": dict(units=1, bytes=None, objects=None, flops=0.0, hours=None),
     }
     stages = [dict(stage=name, resource="GPU" if STAGES[name].uses_gpu else "CPU", **estimates[name])

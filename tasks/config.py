@@ -62,6 +62,16 @@ class EvaluateConfig(_Strict):
     dense_threshold: float = Field(0.1, gt=0, le=1)
 
 
+class InspectConfig(_Strict):
+    """Per latent of every SAE, on evaluate's held-out tokens: statistics, top-activating contexts and the
+    output tokens its decoder row boosts and suppresses (docs/architecture.md, "Latents")."""
+
+    top_k: int = Field(16, ge=1, description="activating contexts kept per latent")
+    window: int = Field(8, ge=0, description="token ids kept on each side of a context's position")
+    n_output_tokens: int = Field(10, ge=1, description="boosted and suppressed output tokens kept per latent")
+    batch_size: int = Field(16, ge=1, description="sequences per forward pass")
+
+
 class StagesConfig(_Strict):
     name: str = "tiny"
     seed: int = 0
@@ -74,6 +84,7 @@ class StagesConfig(_Strict):
     shuffle: ShuffleConfig = Field(default_factory=ShuffleConfig)
     sae: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    inspect: InspectConfig = Field(default_factory=InspectConfig)
 
     @field_validator("sites")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Callable
 
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.stages import evaluate, extract, report, shuffle, tokenize, train
+from tasks.stages import evaluate, extract, inspect, report, shuffle, tokenize, train
 from tasks.units import PlanContext, Planned, UnitResult, UnitSpec
 
 
@@ -46,6 +46,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           env=train.worker_env),
     Stage("evaluate", evaluate.run_unit, evaluate.plan_units, reads=("train", "tokenize"), per_wave=True,
           uses_gpu=True),
+    # reads no activations, so a storage wave is freed without waiting for it
+    Stage("inspect", inspect.run_unit, inspect.plan_units, reads=("train", "tokenize"), uses_gpu=True),
     Stage("report", report.run_unit, report.plan_units, reads=("evaluate",)),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

@@ -20,7 +20,8 @@ from storage import layout
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.lm.sites import TL_HOOKS
-from tasks.stages.evaluate import evaluate_saes, shuffle_stats, write_parquet
+from tasks.lm.heldout import write_parquet
+from tasks.stages.evaluate import evaluate_saes, shuffle_stats
 
 RELEASE_PATTERN = re.compile(r"layer_(\d+)/width_([0-9]+[km]?)/average_l0_(\d+)/params\.npz")
 

@@ -46,12 +46,14 @@ def test_first_run_writes_every_output_and_ledger_record(first_run):
                     d = f"saes/{site}/layer_{layer}/width_{w}/lambda_{lam:g}"
                     expected += [f"{d}/params.npz", f"{d}/cfg.json", f"{d}/sae_weights.safetensors",
                                  f"{d}/train_log.parquet"]
+                    latents = f"latents/{site}/layer_{layer}/width_{w}/lambda_{lam:g}"
+                    expected += [f"{latents}/stats.parquet", f"{latents}/contexts.parquet"]
     missing = [p for p in expected if not (run / p).exists()]
     assert not missing, missing
     ledger = Ledger(root)
-    counts = {s: ledger.records(s) for s in ("tokenize", "extract", "shuffle", "train", "evaluate", "report")}
+    counts = {s: ledger.records(s) for s in STAGE_NAMES}
     assert {s: len(v) for s, v in counts.items()} == {"tokenize": 1, "extract": n_shards, "shuffle": 6, "train": 6,
-                                                      "evaluate": 6, "report": 1}
+                                                      "evaluate": 6, "inspect": 6, "report": 1}
     for recs in counts.values():
         for r in recs:
             assert r.status == "complete" and r.attempt == 1 and r.fingerprint and r.outputs
@@ -72,7 +74,7 @@ def test_runs_reached_the_prefect_server(first_run, prefect_server):
     task_runs = api_post(prefect_server, "/task_runs/filter", {"limit": 200})
     by_name = {r["name"]: r for r in task_runs}
     assert {"extract:shard_00000", "extract:shard_00001", "train:res/layer_0", "evaluate:mlp/layer_2",
-            "report:suite"} <= set(by_name)
+            "inspect:att/layer_0", "report:suite"} <= set(by_name)
     for name in ("extract:shard_00000", "train:res/layer_0", "report:suite"):
         assert name.split(":")[0] in by_name[name]["tags"], by_name[name]["tags"]
     artifacts = api_post(prefect_server, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
@@ -96,7 +98,16 @@ def test_rerun_rules(first_run):
     proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     t1 = end_times(root)
-    assert changed(t0, t1) == {"train:res/layer_2", "evaluate:res/layer_2", "report:suite"}
+    assert changed(t0, t1) == {"train:res/layer_2", "evaluate:res/layer_2", "inspect:res/layer_2", "report:suite"}
+
+    # an inspect setting changed: the inspect units only (the report does not read them)
+    cfg_dict["inspect"] = {"top_k": 8}
+    write_config(path, cfg_dict)
+    proc = cli("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t1b = end_times(root)
+    assert changed(t1, t1b) == {f"inspect:{site}/layer_{layer}" for site in ("res", "att", "mlp") for layer in (0, 2)}
+    t1 = t1b
 
     # a training setting changed: every train unit and what depends on it, nothing upstream
     cfg_dict["sae"]["lr"] = 0.002
@@ -104,14 +115,14 @@ def test_rerun_rules(first_run):
     proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     t2 = end_times(root)
-    assert changed(t1, t2) == ({f"{s}:{site}/layer_{layer}" for s in ("train", "evaluate")
+    assert changed(t1, t2) == ({f"{s}:{site}/layer_{layer}" for s in ("train", "evaluate", "inspect")
                                 for site in ("res", "att", "mlp") for layer in (0, 2)} | {"report:suite"})
 
     # rerun one (site, layer) of one stage: forced, plus its dependents
     proc = cli("rerun", str(path), "--stage", "shuffle", "--site", "att", "--layer", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert changed(t2, end_times(root)) == {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:att/layer_0",
-                                            "report:suite"}
+                                            "inspect:att/layer_0", "report:suite"}
 
     status = cli("status", str(path))
     assert status.returncode == 0, status.stderr
@@ -145,7 +156,7 @@ def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(f
     assert failed.status == "failed" and failed.error.type == "CorruptChunkError" and failed.attempt == 1
     assert failed.error.kind == "input" and failed.error.facts["path"] == str(array) and failed.error.facts["chunk"] == 1
     assert changed(t0, end_times(root)) >= {"shuffle:att/layer_0", "train:att/layer_0", "evaluate:mlp/layer_2"}
-    for stage in ("train", "evaluate"):
+    for stage in ("train", "evaluate", "inspect"):
         assert ledger.get(stage, "res/layer_0").ended_at.isoformat() == t0[f"{stage}:res/layer_0"]
     assert ledger.get("report", "suite").ended_at.isoformat() == t0["report:suite"]
 
@@ -155,5 +166,6 @@ def test_a_corrupt_chunk_fails_its_reader_and_a_rerun_of_its_writer_repairs_it(f
     assert shard_file.read_bytes() == good  # re-extracted bit for bit
     ran = changed(t1, end_times(root))
     assert "extract:shard_00000" in ran and "extract:shard_00001" not in ran
-    assert {"shuffle:res/layer_0", "train:res/layer_0", "evaluate:res/layer_0", "report:suite"} <= ran
-    assert all(ledger.get(s, "res/layer_0").status == "complete" for s in ("shuffle", "train", "evaluate"))
+    assert {"shuffle:res/layer_0", "train:res/layer_0", "evaluate:res/layer_0", "inspect:res/layer_0",
+            "report:suite"} <= ran
+    assert all(ledger.get(s, "res/layer_0").status == "complete" for s in ("shuffle", "train", "evaluate", "inspect"))

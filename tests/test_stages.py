@@ -13,7 +13,10 @@ import zarr
 from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from sae import load_gemma_scope_npz, load_saelens
+from sae.metrics import FREQ_HIST_EDGES
 from storage.arrays import read_rows
+from storage.layout import LATENT_CONTEXTS, LATENT_STATS, latents_dir
+from storage.ledger import Ledger
 from storage.layout import activation_shard as shard_group
 from storage.layout import eval_table as eval_path
 from storage.layout import import_eval_table as import_eval_path
@@ -21,6 +24,8 @@ from storage.layout import shuffled as shuffled_group
 from tasks.execute import run_unit
 from tasks.lm.model import load_model, load_tokenizer
 from sae import SweepPoint
+from tasks.lm.logit_lens import output_tokens
+from tasks.stages.inspect import accumulate_latents, contexts_table, stats_table
 from tasks.stages.train import sae_dir
 from tests.helpers import run_suite_in_process, small_suite_dict
 
@@ -226,3 +231,157 @@ def test_a_gemma_scope_release_is_imported_and_evaluated_like_the_suites_own(sui
     assert main(["import", str(path), str(bad), "--site", "att", "--name", "oob"]) == 2
     assert "layer 9 is out of range for a 4-layer model" in capsys.readouterr().err
     assert not root.exists("imports/oob")  # checked before anything was written
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def _latents(root, site, layer, width, lam):
+    folder = latents_dir(site, layer, width, SweepPoint("jumprelu", width, lam).slug)
+    stats = pq.read_table(io.BytesIO(root.read_bytes(f"{folder}/{LATENT_STATS}")))
+    contexts = pq.read_table(io.BytesIO(root.read_bytes(f"{folder}/{LATENT_CONTEXTS}")))
+    return stats, contexts
+
+
+def _site_rows(cfg, root, site, layer):
+    """Every kept held-out row of the site, by a hand-written hook on the HF module over one full forward,
+    with its (seq, pos)."""
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg.model)
+    tokens = _tokens(root, "tokens/eval")[:]
+    grabbed = {}
+    attn = model.model.layers[layer].self_attn.o_proj
+    module = {"res": model.model.layers[layer], "att": attn,
+              "mlp": model.model.layers[layer].post_feedforward_layernorm}[site]
+    if site == "att":
+        h = module.register_forward_pre_hook(lambda m, a: grabbed.update(x=a[0]))
+    else:
+        h = module.register_forward_hook(lambda m, a, o: grabbed.update(x=o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        model(torch.from_numpy(tokens.astype(np.int64)))
+    h.remove()
+    keep = ~np.isin(tokens, [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
+    seq, pos = np.nonzero(keep)
+    return tokens, grabbed["x"][torch.from_numpy(keep)].float(), seq, pos
+
+
+@pytest.mark.parametrize("site,layer", [("att", 2), ("res", 0)])
+def test_inspect_contexts_and_stats_equal_a_direct_computation(suite, site, layer):
+    """Encode every held-out row at once and sort: the top-k contexts of sampled latents (ties to the earlier
+    row), their windows, and the firing statistics are what the inspect stage streamed batch by batch."""
+    cfg, prepared, _ = suite
+    root = prepared.root
+    k, w = cfg.inspect.top_k, cfg.inspect.window
+    tokens, rows, seq, pos = _site_rows(cfg, root, site, layer)
+    width, lam = cfg.sae.widths[-1], cfg.sae.lambdas[0]
+    sae = load_gemma_scope_npz(root.path(sae_dir(site, layer, SweepPoint("jumprelu", width, lam)), "params.npz"))
+    with torch.no_grad():
+        f = sae.encode(rows)
+    stats, contexts = _latents(root, site, layer, width, lam)
+    st, cx = stats.to_pylist(), contexts.to_pylist()
+    assert int(stats.schema.metadata[b"n_tokens"]) == len(rows) and len(st) == width
+    by_latent = {}
+    for r in cx:
+        by_latent.setdefault(r["latent"], []).append(r)
+    counts = (f != 0).sum(0)
+    rare = [i for i in range(width) if 0 < counts[i] < k]  # where there are: test_inspect_dead_and_rare_latents
+    sampled = sorted(set(np.random.default_rng(0).choice(width, 12, replace=False).tolist()) | set(rare[:4]))
+    for i in sampled:
+        fires = np.nonzero(f[:, i].numpy())[0]
+        order = sorted(fires, key=lambda j: (-f[j, i].item(), seq[j], pos[j]))[:k]
+        got = by_latent.get(i, [])
+        assert [r["rank"] for r in got] == list(range(len(order)))
+        assert [(r["seq"], r["pos"]) for r in got] == [(seq[j], pos[j]) for j in order], i
+        np.testing.assert_allclose([r["activation"] for r in got], f[order, i].numpy(), rtol=1e-5)
+        for r in got:
+            lo = r["pos"] - w
+            expected = [int(tokens[r["seq"], p]) if 0 <= p < tokens.shape[1] else -1 for p in range(lo, lo + 2 * w + 1)]
+            assert r["window"] == expected
+        s = st[i]
+        assert s["latent"] == i and s["n_firing"] == len(fires) and s["n_contexts"] == len(order)
+        assert s["frequency"] == len(fires) / len(rows)
+        if len(fires):
+            assert s["max_activation"] == pytest.approx(f[fires, i].max().item(), rel=1e-5)
+            assert s["mean_activation"] == pytest.approx(f[fires, i].double().mean().item(), rel=1e-5)
+    assert not (set(by_latent) - {i for i in range(width) if counts[i] > 0})
+
+
+def test_inspect_frequencies_match_the_evaluate_histogram(suite):
+    cfg, prepared, _ = suite
+    root = prepared.root
+    for site in cfg.sites:
+        for layer in prepared.layers:
+            for r in pq.read_table(io.BytesIO(root.read_bytes(eval_path(site, layer)))).to_pylist():
+                stats, _ = _latents(root, site, layer, r["width"], r["lambda"])
+                freq = np.asarray(stats.column("frequency"))
+                assert int(stats.schema.metadata[b"n_tokens"]) == r["n_tokens"]
+                assert int(np.asarray(stats.column("dead")).sum()) == r["n_dead"] == int((freq == 0).sum())
+                log_freq = np.clip(np.log10(freq[freq > 0]), FREQ_HIST_EDGES[0], FREQ_HIST_EDGES[-1])
+                assert np.histogram(log_freq, bins=np.asarray(r["freq_hist_edges"]))[0].tolist() == r["freq_hist"]
+
+
+def test_inspect_dead_and_rare_latents(suite):
+    """A latent that never fires has no contexts and says so; one firing on fewer than k tokens has exactly
+    those (thresholds set by hand on a trained SAE)."""
+    cfg, prepared, _ = suite
+    root = prepared.root
+    k = cfg.inspect.top_k
+    tokens, rows, seq, pos = _site_rows(cfg, root, "mlp", 2)
+    sae = load_gemma_scope_npz(root.path(sae_dir("mlp", 2, SweepPoint("jumprelu", cfg.sae.widths[0],
+                                                                      cfg.sae.lambdas[0])), "params.npz"))
+    with torch.no_grad():
+        z = sae.pre_acts(rows)
+        sae.threshold[0] = 1e9
+        sae.threshold[1] = torch.sort(z[:, 1], descending=True).values[k // 2]  # strict: fires on k // 2 rows
+        f = sae.encode(rows)
+    assert (f[:, 1] != 0).sum() == k // 2
+    summary = accumulate_latents(cfg, "mlp", 2, [sae], tokens)[0]
+    stats = stats_table(summary, output_tokens(load_model(cfg.model), "mlp", 2, sae.W_dec, 3)).to_pylist()
+    contexts = contexts_table(summary, tokens, cfg.inspect.window).to_pylist()
+    assert stats[0]["dead"] and stats[0]["n_contexts"] == 0 and stats[0]["frequency"] == 0
+    assert stats[0]["max_activation"] is None and stats[0]["mean_activation"] is None
+    assert not [r for r in contexts if r["latent"] == 0]
+    rare = [r for r in contexts if r["latent"] == 1]
+    fires = np.nonzero(f[:, 1].numpy())[0]
+    assert stats[1]["n_contexts"] == len(rare) == k // 2 and not stats[1]["dead"]
+    assert sorted((r["seq"], r["pos"]) for r in rare) == sorted((seq[j], pos[j]) for j in fires)
+
+
+def test_inspect_output_tokens_are_the_decoder_rows_through_the_unembedding(suite):
+    """res: W_dec (1 + final norm weight) E^T; att: through o_proj and the post-attention norm's scale first."""
+    cfg, prepared, _ = suite
+    root = prepared.root
+    model = load_model(cfg.model)
+    n = cfg.inspect.n_output_tokens
+    unembed = model.lm_head.weight.float()
+    final = 1 + model.model.norm.weight.float()
+    for site, layer in [("res", 0), ("att", 2)]:
+        width, lam = cfg.sae.widths[0], cfg.sae.lambdas[-1]
+        sae = load_gemma_scope_npz(root.path(sae_dir(site, layer, SweepPoint("jumprelu", width, lam)), "params.npz"))
+        d = sae.W_dec
+        if site == "att":
+            d = d @ model.model.layers[layer].self_attn.o_proj.weight.T
+            d = d * (1 + model.model.layers[layer].post_attention_layernorm.weight)
+        with torch.no_grad():
+            logits = (d * final) @ unembed.T
+        stats, _ = _latents(root, site, layer, width, lam)
+        st = stats.to_pylist()
+        top, bottom = torch.topk(logits, n, dim=1), torch.topk(logits, n, dim=1, largest=False)
+        for i in (0, width // 2, width - 1):
+            assert st[i]["top_boosted"] == top.indices[i].tolist()
+            assert st[i]["top_suppressed"] == bottom.indices[i].tolist()
+            np.testing.assert_allclose(st[i]["top_boosted_logits"], top.values[i].numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(st[i]["top_suppressed_logits"], bottom.values[i].numpy(), rtol=1e-5,
+                                       atol=1e-6)
+
+
+def test_inspect_is_bit_for_bit_repeatable(suite):
+    cfg, prepared, plan = suite
+    root = prepared.root
+    spec = next(s for s in plan["inspect"] if s.site == "att" and s.layer == 0)
+    record = Ledger(root).get("inspect", spec.unit)
+    assert record.status == "complete" and record.fingerprint == spec.fingerprint
+    before = {p: root.read_bytes(p) for p in record.outputs}
+    assert len(before) == 2 * len(cfg.sae.widths) * len(cfg.sae.lambdas)
+    run_unit(cfg, spec, root)
+    assert {p: root.read_bytes(p) for p in record.outputs} == before

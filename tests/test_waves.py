@@ -57,7 +57,7 @@ def test_waves_free_activations_and_a_rerun_restores_only_what_it_needs(tmp_path
     ran = changed(t0, after) - {"report:suite", "tokenize:corpus"}
     # wave 0's shards come back (its layer 0 is needed), wave 1's do not
     assert ran == {"extract:wave_00/shard_00000", "extract:wave_00/shard_00001", "shuffle:res/layer_0",
-                   "train:res/layer_0", "evaluate:res/layer_0"}
+                   "train:res/layer_0", "evaluate:res/layer_0", "inspect:res/layer_0"}
     assert sae_files(run) == saes  # the restored inputs are the same bytes: the same SAEs
     assert not list(run.glob("activations/*/*/*"))  # and freed again
 
@@ -68,5 +68,5 @@ def test_waves_free_activations_and_a_rerun_restores_only_what_it_needs(tmp_path
     assert shard.returncode == 0, shard.stdout[-3000:] + shard.stderr[-3000:]
     ran = changed(t0, end_times(ledger.root)) - {"report:suite", "tokenize:corpus"}
     assert ran == {"extract:wave_01/shard_00000", "extract:wave_01/shard_00001", "shuffle:res/layer_1",
-                   "train:res/layer_1", "evaluate:res/layer_1"}
+                   "train:res/layer_1", "evaluate:res/layer_1", "inspect:res/layer_1"}
     assert sae_files(run) == saes

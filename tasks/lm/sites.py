@@ -67,6 +67,30 @@ def layer_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     return _module(model, "res", layer)[0]
 
 
+def site_module(model: torch.nn.Module, site: str, layer: int) -> torch.nn.Module:
+    """The module whose output (res, mlp) or input (att) is the site."""
+    return _module(model, site, layer)[0]
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last requested layer has run: reading sites needs no later layer and no logits
+    (Gemma 2's 256k-vocabulary unembedding is a large share of its forward pass)."""
+
+
+def forward_until(model: torch.nn.Module, input_ids: torch.Tensor, last_layer: int) -> None:
+    """The model's forward pass up to and including `last_layer`; hooks installed before this call run."""
+    def stop(module, args, output):
+        raise _StopForward
+
+    handle = layer_module(model, last_layer).register_forward_hook(stop)
+    try:
+        model.base_model(input_ids=input_ids)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
 @contextlib.contextmanager
 def site_hooks(model: torch.nn.Module, fns: dict[tuple[str, int], SiteFn]) -> Iterator[None]:
     """Install one hook per (site, layer) for the duration of the block."""

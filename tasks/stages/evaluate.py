@@ -11,21 +11,17 @@ Each SAE runs once per batch, on every position; the metrics read its output at 
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 import zarr
 
-from sae import SAEMetrics, SparseAutoencoder, load_saelens, sweep_points
+from sae import SAEMetrics, SparseAutoencoder
 from storage import layout
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
+from tasks.lm.heldout import load_eval_tokens, load_sweep_saes, write_parquet
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
 from tasks.lm.partial_forward import logits_with_site_replaced, recording_splice_inputs
 from tasks.lm.sites import ActivationCapture, site_hooks
@@ -70,11 +66,6 @@ def spliced_site(sae: SparseAutoencoder, acts: torch.Tensor, tokens: torch.Tenso
     reconstruction and latents at every position (the metrics read them at the kept ones)."""
     x_hat, f = sae(acts.float())
     return torch.where((tokens != bos).unsqueeze(-1), x_hat.to(acts.dtype), acts), x_hat, f
-
-
-def load_eval_tokens(cfg: StagesConfig, root: StorageRoot) -> np.ndarray:
-    tokens = zarr.open_array(store=root.zarr_store(layout.TOKENS_EVAL, read_only=True), mode="r")[:]
-    return tokens[: cfg.evaluate.n_seqs] if cfg.evaluate.n_seqs else tokens
 
 
 def shuffle_stats(site: str, layer: int, root: StorageRoot) -> dict | None:
@@ -142,26 +133,11 @@ def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAut
     return out_rows, clean_loss
 
 
-def write_parquet(root: StorageRoot, rel: str, rows: list[dict]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "rows.parquet"
-        pq.write_table(pa.Table.from_pylist(rows), local)
-        root.write_bytes(rel, local.read_bytes())
-
-
 def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> UnitResult:
     stats = shuffle_stats(site, layer, root)
     if stats is None:
         raise FileNotFoundError(f"{layout.shuffled(site, layer)}: no shuffled activations to take the dataset mean from")
-    points = sweep_points(cfg.sae)
-    saes, lasts = [], []
-    for point in points:
-        rel = layout.sae_dir(site, layer, point.width, point.slug)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = root.download_dir(rel, Path(tmp) / "sae")
-            saes.append(load_saelens(local)[0])
-            log = pq.read_table(local / layout.TRAIN_LOG).to_pylist()
-        lasts.append(log[-1] if log else {})
+    points, saes, lasts = load_sweep_saes(cfg, site, layer, root)
     rows, clean_loss = evaluate_saes(cfg, site, layer, saes, root,
                                      dataset_mean=torch.tensor(stats["mean"], dtype=torch.float64))
     for row, point, last in zip(rows, points, lasts):

@@ -22,7 +22,7 @@ from storage.layout import TOKENS_TRAIN, activation_shard, shard_name
 from storage.root import StorageRoot
 from tasks.config import RUNTIME_ONLY, StagesConfig
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
-from tasks.lm.sites import ActivationCapture, layer_module, site_hooks, site_width
+from tasks.lm.sites import ActivationCapture, forward_until, site_hooks, site_width
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
 
 
@@ -54,25 +54,6 @@ def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
 
 def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
     return extract_shard(cfg, spec.shard, spec.groups, root)
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the last requested layer has run: extraction needs no later layer and no logits
-    (Gemma 2's 256k-vocabulary unembedding is a large share of its forward pass)."""
-
-
-def forward_until(model: torch.nn.Module, input_ids: torch.Tensor, last_layer: int) -> None:
-    """The model's forward pass up to and including `last_layer`; hooks installed before this call run."""
-    def stop(module, args, output):
-        raise _StopForward
-
-    handle = layer_module(model, last_layer).register_forward_hook(stop)
-    try:
-        model.base_model(input_ids=input_ids)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
 
 
 def writer_count(setting: int | str, n_objects: int) -> int:

@@ -1,4 +1,4 @@
-"""Stage 6: the whole suite's evaluations -> report/ (metrics.parquet, plots, index.html)."""
+"""Stage 7: the whole suite's evaluations -> report/ (metrics.parquet, plots, index.html)."""
 from __future__ import annotations
 
 import io

@@ -1,0 +1,144 @@
+"""Stage 6: one (site, layer)'s SAEs, latent by latent, on evaluate's held-out tokens
+(docs/architecture.md, "Latents").
+
+Per SAE, under `latents/{site}/layer_{L}/width_{W}/{setting}/`:
+- `stats.parquet`, one row per latent: its firing frequency over the held-out tokens evaluate keeps (not
+  BOS, EOS or padding), so it is the frequency evaluate's `freq_hist` bins; max and mean activation when
+  firing (null for a dead latent, whose `n_contexts` is 0); and the output tokens its decoder row boosts
+  and suppresses most, with their logit weights (`tasks.lm.logit_lens`).
+- `contexts.parquet`, the top-k activating examples of every latent that fired, best first (ties: the
+  earlier row of `tokens/eval`, then the earlier position): latent, rank, activation, seq, pos, and
+  `window`, the 2w+1 token ids centred on pos (-1 outside the sequence), so the firing token is window[w].
+  Token ids only: a reader decodes them with the suite's tokenizer.
+
+Per batch the model runs once, up to layer L only, and every SAE encodes the site's kept rows; each SAE's
+`sae.LatentStats` keeps k examples per latent, so memory never grows with the held-out set.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from sae import LatentStats, LatentSummary, SparseAutoencoder
+from storage import layout
+from storage.fingerprint import fingerprint
+from storage.root import StorageRoot
+from tasks.config import StagesConfig
+from tasks.lm.heldout import load_eval_tokens, load_sweep_saes, write_parquet
+from tasks.lm.logit_lens import output_tokens
+from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
+from tasks.lm.sites import ActivationCapture, forward_until, site_hooks
+from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
+
+
+def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
+    """One unit per (site, layer): every SAE its train unit wrote, on the held-out tokens evaluate uses."""
+    cfg, tokenize = ctx.cfg, planned["tokenize"][0]
+    train = {u.unit: u for u in planned["train"]}
+    units = []
+    for site, layer, w in ctx.groups():
+        tr = train[layout.site_layer(site, layer)]
+        units.append(UnitSpec(stage="inspect", unit=tr.unit, site=site, layer=layer, wave=w,
+                              deps=[tr.key, tokenize.key],
+                              fingerprint=fingerprint("inspect", FORMAT_VERSION, tr.fingerprint, tokenize.fingerprint,
+                                                      cfg.model, cfg.evaluate.n_seqs, cfg.inspect)))
+    return units
+
+
+def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
+    return inspect_site_layer(cfg, spec.site, spec.layer, root)
+
+
+def accumulate_latents(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAutoencoder],
+                       tokens: np.ndarray) -> list[LatentSummary]:
+    """Each SAE's latent statistics and top-k examples over `tokens` (rows of `tokens/eval`); an example's
+    row id is seq * ctx + pos."""
+    special = special_token_ids(load_tokenizer(cfg.model))
+    model = load_model(cfg.model)
+    device = pick_device(cfg.model.device)
+    saes = [sae.to(device).eval() for sae in saes]
+    ctx = tokens.shape[1]
+    if len(tokens) * ctx > 1 << 32:
+        raise ValueError(f"inspect: {len(tokens)} held-out sequences of {ctx} tokens are too many to index")
+    key = (site, layer)
+    capture = ActivationCapture([key])
+    stats = [LatentStats(sae.d_sae, cfg.inspect.top_k, device) for sae in saes]
+    bs = cfg.inspect.batch_size
+    with torch.inference_mode(), site_hooks(model, capture.hooks()):
+        for start in range(0, len(tokens), bs):
+            batch = tokens[start:start + bs]
+            forward_until(model, torch.from_numpy(batch.astype(np.int64)).to(device), layer)
+            keep = keep_mask(batch, special)
+            seq, pos = np.nonzero(keep)
+            row_ids = torch.from_numpy((seq + start).astype(np.int64) * ctx + pos).to(device)
+            rows = capture.values.pop(key)[torch.from_numpy(keep).to(device)].float()
+            for st, sae in zip(stats, saes):
+                st.update(sae.encode(rows), row_ids)
+    return [st.result() for st in stats]
+
+
+def _list_column(values: np.ndarray, pa_type: pa.DataType) -> pa.Array:
+    """A [rows, n] array as a parquet list column of fixed length n."""
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=pa_type)
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+
+
+def stats_table(summary: LatentSummary, outputs: tuple[torch.Tensor, ...]) -> pa.Table:
+    counts = summary.fire_counts.numpy()
+    dead = counts == 0
+    top_ids, top_w, bottom_ids, bottom_w = (t.numpy() for t in outputs)
+    return pa.table({
+        "latent": pa.array(np.arange(len(counts), dtype=np.int32)),
+        "frequency": pa.array(summary.frequency.numpy()),
+        "n_firing": pa.array(counts),
+        "max_activation": pa.array(summary.max_act.numpy().astype(np.float32), mask=dead),
+        "mean_activation": pa.array(summary.mean_act.numpy(), mask=dead),
+        "dead": pa.array(dead),
+        "n_contexts": pa.array((summary.top_rows.numpy() >= 0).sum(0).astype(np.int32)),
+        "top_boosted": _list_column(top_ids.astype(np.int32), pa.int32()),
+        "top_boosted_logits": _list_column(top_w.astype(np.float32), pa.float32()),
+        "top_suppressed": _list_column(bottom_ids.astype(np.int32), pa.int32()),
+        "top_suppressed_logits": _list_column(bottom_w.astype(np.float32), pa.float32()),
+    })
+
+
+def contexts_table(summary: LatentSummary, tokens: np.ndarray, window: int) -> pa.Table:
+    """Latent-major, rank within latent; `window` token ids centred on pos, -1 outside the sequence."""
+    rows = summary.top_rows.numpy().T  # [d_sae, k]
+    latent, rank = np.nonzero(rows >= 0)
+    row = rows[latent, rank]
+    ctx = tokens.shape[1]
+    seq, pos = row // ctx, row % ctx
+    padded = np.pad(tokens.astype(np.int32), ((0, 0), (window, window)), constant_values=-1)
+    windows = padded[seq[:, None], pos[:, None] + np.arange(2 * window + 1)]
+    return pa.table({
+        "latent": pa.array(latent.astype(np.int32)),
+        "rank": pa.array(rank.astype(np.int16)),
+        "activation": pa.array(summary.top_values.numpy().T[latent, rank].astype(np.float32)),
+        "seq": pa.array(seq.astype(np.int32)),
+        "pos": pa.array(pos.astype(np.int32)),
+        "window": _list_column(windows, pa.int32()),
+    })
+
+
+def inspect_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> UnitResult:
+    points, saes, _ = load_sweep_saes(cfg, site, layer, root)
+    tokens = load_eval_tokens(cfg, root)
+    summaries = accumulate_latents(cfg, site, layer, saes, tokens)
+    model = load_model(cfg.model)
+    outputs, metrics = [], {}
+    for point, sae, summary in zip(points, saes, summaries):
+        folder = layout.latents_dir(site, layer, point.width, point.slug)
+        meta = {"site": site, "layer": str(layer), "sae_path": layout.sae_dir(site, layer, point.width, point.slug),
+                "n_tokens": str(summary.n_rows), "top_k": str(cfg.inspect.top_k), "window": str(cfg.inspect.window)}
+        with torch.inference_mode():
+            tokens_out = output_tokens(model, site, layer, sae.W_dec, cfg.inspect.n_output_tokens)
+        stats = stats_table(summary, tokens_out).replace_schema_metadata(meta)
+        contexts = contexts_table(summary, tokens, cfg.inspect.window).replace_schema_metadata(meta)
+        write_parquet(root, f"{folder}/{layout.LATENT_STATS}", stats)
+        write_parquet(root, f"{folder}/{layout.LATENT_CONTEXTS}", contexts)
+        outputs += [f"{folder}/{layout.LATENT_STATS}", f"{folder}/{layout.LATENT_CONTEXTS}"]
+        metrics[folder] = {"n_dead": int((summary.fire_counts == 0).sum()), "n_contexts": contexts.num_rows}
+    n_tokens = summaries[0].n_rows if summaries else 0
+    return UnitResult(outputs=outputs, metrics={"n_tokens": n_tokens, "saes": metrics})
