@@ -7,7 +7,8 @@
 # Each part has its own timeout so the whole fits 8 minutes, and a failing part does not stop the others;
 # the exit status is non-zero if any part failed. JSON files and gpu.log land flat in $OUT (at most 8 files
 # come back); copy the *-cuda.json files to benchmarks/results/ for `scopeflow plan --device cuda`.
-# Without a GPU it stops at once with one line: nothing here is worth running on a CPU.
+# Without a GPU it stops at once with one line: nothing here is worth running on a CPU. GPU_SH_PARTS="train
+# summary" runs only the parts named (a rerun of failed ones); GPU_SH_NO_INSTALL=1 skips the wheels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -57,6 +58,7 @@ SHM=/dev/shm  # the writers' ceiling into memory, when there is room for a unit 
 FAILED=()
 part() {  # part NAME SECONDS COMMAND...: one benchmark under its own timeout, logged
   local name=$1 limit=$2; shift 2
+  [[ -z "${GPU_SH_PARTS:-}" || " $GPU_SH_PARTS " == *" $name "* ]] || return 0  # e.g. "extract summary"
   say "== $name (timeout ${limit}s): $*"
   local t0=$SECONDS
   timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$LOG"
