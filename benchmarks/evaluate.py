@@ -20,6 +20,11 @@ on a copy of a run's inputs and compares every field with the run's stored evals
 
     .venv/bin/python benchmarks/evaluate.py                         # 1 torch thread, as a Ray unit runs
     .venv/bin/python benchmarks/evaluate.py --run runs/tiny         # also re-evaluate a finished tiny run
+    python benchmarks/evaluate.py --device cuda --no-baseline --skip-tiny --random-model google/gemma-2-2b \
+        --layers 0,12,25 --widths 16384 --ctx 1024 --deep-seqs 16 --batch 8   # a GPU machine (benchmarks/gpu.sh)
+
+On a GPU machine the working tree travels without .git, so `--no-baseline` leaves the previous module out:
+the cost per SAE against a forward from L is what the GPU figure is for.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import torch
 from transformers import AutoTokenizer, Gemma2ForCausalLM
 
 from common import REPO, cpu_name, write_json
+from random_model import random_model
 from flows.config import load_suite_config
 from sae import JumpReLUSAE, sweep_points
 from storage import layout
@@ -86,6 +92,8 @@ def random_saes(cfg, d_in: int, seed: int) -> list[JumpReLUSAE]:
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_initialized():  # a GPU's kernels run behind the Python that queued them
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -95,7 +103,7 @@ def forward_from_layer_pass(model, batches: list[torch.Tensor], layer: int):
     with torch.inference_mode():
         for batch in batches:
             with recording_layer_inputs(model, layer) as inputs:
-                model(batch, use_cache=False)
+                model(batch.to(model.device), use_cache=False)
             recorded.append(inputs)
 
     def run():
@@ -105,18 +113,20 @@ def forward_from_layer_pass(model, batches: list[torch.Tensor], layer: int):
     return run
 
 
-def time_units(cfg, root: StorageRoot, previous, rounds: int) -> dict:
-    """Per unit and round: old, new, new without SAEs, forward from L (order reversed every other round)."""
+def time_units(cfg, root: StorageRoot, previous, rounds: int, layers: list[int] | None = None) -> dict:
+    """Per unit and round: old (unless `previous` is None), new, new without SAEs, forward from L (order
+    reversed every other round), at `layers` (default all)."""
     model = load_model(cfg.model)
     n = model.config.num_hidden_layers
+    layers = layers or list(range(n))
     tokens = new_evaluate.load_eval_tokens(cfg, root)
     batches = [torch.from_numpy(tokens[s:s + cfg.evaluate.batch_size].astype(np.int64))
                for s in range(0, len(tokens), cfg.evaluate.batch_size)]
-    units = [(site, layer) for site in cfg.sites for layer in range(n)]
+    units = [(site, layer) for site in cfg.sites for layer in layers]
     saes = {u: random_saes(cfg, site_width(model.config, u[0]), seed=i) for i, u in enumerate(units)}
-    forwards = {layer: forward_from_layer_pass(model, batches, layer) for layer in range(n)}
-    steps = {
-        "old": lambda u: previous.evaluate_saes(cfg, *u, saes[u], root),
+    forwards = {layer: forward_from_layer_pass(model, batches, layer) for layer in layers}
+    steps = {} if previous is None else {"old": lambda u: previous.evaluate_saes(cfg, *u, saes[u], root)}
+    steps |= {
         "new": lambda u: new_evaluate.evaluate_saes(cfg, *u, saes[u], root),
         "new_no_saes": lambda u: new_evaluate.evaluate_saes(cfg, *u, [], root),
         "forward_from_layer": lambda u: forwards[u[1]](),
@@ -136,19 +146,22 @@ def time_units(cfg, root: StorageRoot, previous, rounds: int) -> dict:
         per_sae = (best["new"] - best["new_no_saes"]) / n_saes
         per_unit.append({"site": site, "layer": layer, **{f"{k}_s": v for k, v in best.items()},
                          "per_sae_s": per_sae, "per_sae_over_forward_from_layer": per_sae / best["forward_from_layer"],
-                         "speedup": best["old"] / best["new"]})
-    speedups = [sum(t["old"][r] for t in times.values()) / sum(t["new"][r] for t in times.values())
-                for r in range(rounds)]
+                         "speedup": best["old"] / best["new"] if "old" in best else None})
     ratios = [u["per_sae_over_forward_from_layer"] for u in per_unit]
-    return {"model": cfg.model.name_or_path, "layers": n, "d_model": model.config.hidden_size,
-            "vocab": model.config.vocab_size, "eval_seqs": len(tokens), "ctx": int(tokens.shape[1]),
-            "batch_size": cfg.evaluate.batch_size, "saes_per_unit": n_saes, "rounds": rounds,
-            "stage_speedup": statistics.median(speedups), "stage_speedup_by_round": speedups,
-            "stage_old_s": statistics.median(sum(t["old"][r] for t in times.values()) for r in range(rounds)),
-            "stage_new_s": statistics.median(sum(t["new"][r] for t in times.values()) for r in range(rounds)),
-            "per_sae_over_forward_from_layer": {"median": statistics.median(ratios), "max": max(ratios),
-                                                "min": min(ratios)},
-            "units": per_unit}
+    out = {"model": cfg.model.name_or_path, "device": str(model.device), "dtype": cfg.model.dtype, "layers": n,
+           "unit_layers": layers, "d_model": model.config.hidden_size, "vocab": model.config.vocab_size,
+           "eval_seqs": len(tokens), "ctx": int(tokens.shape[1]), "batch_size": cfg.evaluate.batch_size,
+           "widths": list(cfg.sae.widths), "saes_per_unit": n_saes, "rounds": rounds,
+           "stage_new_s": statistics.median(sum(t["new"][r] for t in times.values()) for r in range(rounds)),
+           "per_sae_over_forward_from_layer": {"median": statistics.median(ratios), "max": max(ratios),
+                                               "min": min(ratios)},
+           "units": per_unit}
+    if previous is not None:
+        speedups = [sum(t["old"][r] for t in times.values()) / sum(t["new"][r] for t in times.values())
+                    for r in range(rounds)]
+        out |= {"stage_speedup": statistics.median(speedups), "stage_speedup_by_round": speedups,
+                "stage_old_s": statistics.median(sum(t["old"][r] for t in times.values()) for r in range(rounds))}
+    return out
 
 
 def copy_run_inputs(run: Path, dest: Path) -> None:
@@ -196,7 +209,7 @@ def rerun_units(cfg, run: Path, previous, folder: Path) -> dict:
     return {"run": str(run), "old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "units": units}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/tiny.yaml")
     p.add_argument("--rounds", type=int, default=2)
@@ -204,27 +217,55 @@ def main() -> None:
     p.add_argument("--deep-layers", type=int, default=12)
     p.add_argument("--deep-seqs", type=int, default=16, help="eval sequences for the deep model's units")
     p.add_argument("--run", default="", help="a finished run's root to re-evaluate (its units, old and new)")
+    p.add_argument("--device", default="", help="cpu, cuda (default: the config's model.device)")
+    p.add_argument("--no-baseline", action="store_true", help="leave the previous module (read from git) out")
+    p.add_argument("--skip-tiny", action="store_true", help="only the deep model's units")
+    p.add_argument("--random-model", default="", help="e.g. google/gemma-2-2b: the deep model is a randomly "
+                                                      "initialised one of that architecture, in --model-dtype")
+    p.add_argument("--model-dtype", default="bfloat16", help="with --random-model: its dtype")
+    p.add_argument("--layers", default="", help="comma list: the deep model's units at these layers (default all)")
+    p.add_argument("--widths", default="", help="comma list replacing sae.widths (default: the config's)")
+    p.add_argument("--ctx", type=int, default=0, help="tokens per sequence (default: the config's)")
+    p.add_argument("--batch", type=int, default=0, help="evaluate.batch_size (default: the config's)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/evaluate-cpu.json"))
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     result = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "baseline_commit": BASELINE_COMMIT, "command": " ".join(["benchmarks/evaluate.py", *sys.argv[1:]])}
+              "baseline_commit": None if args.no_baseline else BASELINE_COMMIT,
+              "command": " ".join(["benchmarks/evaluate.py", *sys.argv[1:]])}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        previous = load_previous_evaluate(BASELINE_COMMIT, tmp)
+        previous = None if args.no_baseline else load_previous_evaluate(BASELINE_COMMIT, tmp)
         cfg = load_suite_config(REPO / args.config)
         cfg.storage.root = str(tmp / "root")
+        cfg.model.device = args.device or cfg.model.device
+        cfg.sae.widths = [int(w) for w in args.widths.split(",")] if args.widths else cfg.sae.widths
+        cfg.corpus.ctx = args.ctx or cfg.corpus.ctx
+        cfg.evaluate.batch_size = args.batch or cfg.evaluate.batch_size
         root = StorageRoot(cfg.storage.root)
         tokenize_corpus(cfg, root)
-        result["tiny"] = time_units(cfg, root, previous, args.rounds)
-        write_json(args.out, result)  # after each part, so a run cut short keeps what it measured
-        print(f"tiny: stage speed-up {result['tiny']['stage_speedup']:.2f}", flush=True)
+        if not args.skip_tiny:
+            result["tiny"] = time_units(cfg, root, previous, args.rounds)
+            write_json(args.out, result)  # after each part, so a run cut short keeps what it measured
+            print(f"tiny: stage speed-up {result['tiny'].get('stage_speedup', float('nan')):.2f}", flush=True)
         deep = cfg.model_copy(deep=True)
-        deep.model.name_or_path = deep_model(args.deep_layers, tmp / "deep-model")
+        if args.random_model:
+            device = "cuda" if str(cfg.model.device).startswith("cuda") else "cpu"
+            deep.model.name_or_path = random_model(args.random_model, args.model_dtype, tmp / "deep-model", device)
+            deep.model.dtype = args.model_dtype
+        else:
+            deep.model.name_or_path = deep_model(args.deep_layers, tmp / "deep-model")
         deep.evaluate.n_seqs = args.deep_seqs
-        result["deep"] = time_units(deep, root, previous, args.rounds)
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        result["deep"] = time_units(deep, root, previous, args.rounds, layers)
         write_json(args.out, result)
-        print(f"deep: stage speed-up {result['deep']['stage_speedup']:.2f}", flush=True)
+        d, ratio = result["deep"], result["deep"]["per_sae_over_forward_from_layer"]
+        print(f"deep ({d['model']}, {d['device']}): cost per SAE / forward from L median {ratio['median']:.2f}, "
+              f"max {ratio['max']:.2f}; stage speed-up {d.get('stage_speedup', float('nan')):.2f}", flush=True)
         if args.run:
             result["run"] = rerun_units(cfg, Path(args.run).resolve(), previous, tmp / "run-copy")
     print(f"wrote {write_json(args.out, result)}")

@@ -15,7 +15,8 @@ with the forward pass for CPU).
     .venv/bin/python benchmarks/extract.py                       # tiny model, CPU: 3 dtypes x 2 shard sizes
     .venv/bin/python benchmarks/extract.py --dtypes bfloat16 --threads 2
     python benchmarks/extract.py --device cuda --random-model google/gemma-2-2b --dtypes bfloat16 \
-        --ctx 1024 --sizes 64 256 --batch 8 --out benchmarks/results/extract-cuda.json    # on a GPU machine
+        --ctx 1024 --sizes 64 --batch 16 --layers 0,5,10,15,20,25 --sites res \
+        --out benchmarks/results/extract-cuda.json      # on a GPU machine: one wave of six groups (benchmarks/gpu.sh)
 """
 from __future__ import annotations
 
@@ -33,25 +34,6 @@ from pathlib import Path
 from common import REPO, folder_bytes, write_json
 
 
-def _random_model(name: str, dtype: str, folder: Path) -> str:
-    """A randomly initialised model of a known architecture (tasks/capacity.KNOWN_CONFIGS) with the embedded
-    tokenizer, saved to `folder`: throughput needs the shapes, not the weights (none are downloadable here)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config
-
-    from tasks.capacity import KNOWN_CONFIGS
-    from tasks.lm.model import resolve_model_path
-
-    fields = {k: v for k, v in KNOWN_CONFIGS[name].items() if k != "model_type"}
-    config = Gemma2Config(**fields, query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
-                          attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("embedded:tiny-gemma2")).save_pretrained(folder)
-    return str(folder)
-
-
 def _child(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
@@ -65,6 +47,7 @@ def _child(args: argparse.Namespace) -> dict:
     from tasks.lm.model import load_model, pick_device
     from storage.layout import TOKENS_TRAIN
     from tasks.stages.tokenize import tokenize_corpus
+    from random_model import random_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,17 +63,21 @@ def _child(args: argparse.Namespace) -> dict:
             raw["corpus"].update(ctx=args.ctx)
         raw["extract"].update(seqs_per_shard=args.size, batch_size=args.batch)
         if args.random_model:
-            raw["model"] = {"name_or_path": _random_model(args.random_model, args.model_dtype, Path(tmp) / "model"),
-                            "dtype": args.model_dtype, "device": args.device}
+            path = random_model(args.random_model, args.model_dtype, Path(tmp) / "model",
+                                "cuda" if args.device == "cuda" else "cpu")
+            raw["model"] = {"name_or_path": path, "dtype": args.model_dtype, "device": args.device}
         elif args.device != "auto":
             raw["model"]["device"] = args.device
+        if args.sites:
+            raw["sites"] = args.sites.split(",")
         cfg = SuiteConfig.model_validate(raw)
         root = StorageRoot(tmp)
         tokenize_corpus(cfg, root)
         tokens = zarr.open_array(store=root.zarr_store(TOKENS_TRAIN, read_only=True), mode="r")[:args.size]
         model = load_model(cfg.model)
         device = pick_device(cfg.model.device)
-        layers = list(range(model.config.num_hidden_layers))
+        layers = ([int(x) for x in args.layers.split(",")] if args.layers
+                  else list(range(model.config.num_hidden_layers)))
         batches = [torch.from_numpy(tokens[s:s + args.batch].astype(np.int64)).to(device)
                    for s in range(0, len(tokens), args.batch)]
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -128,7 +115,7 @@ def _child(args: argparse.Namespace) -> dict:
         result: dict = {}
 
         def extract_pass() -> None:
-            result.update(extract_shard(cfg, 0, keys, root))
+            result["metrics"] = extract_shard(cfg, 0, keys, root).metrics  # a UnitResult
 
         bare_pass()  # warm-up of both paths, so the first round is not special
         extract_pass()
@@ -180,6 +167,8 @@ def main() -> None:
     p.add_argument("--model-dtype", default="bfloat16", help="with --random-model: its dtype")
     p.add_argument("--shard-chunks", type=int, default=0,
                    help="override storage.shard_chunks (default: the config's)")
+    p.add_argument("--layers", default="", help="comma list of the layers captured (default: all), e.g. a wave's")
+    p.add_argument("--sites", default="", help="comma list of the sites captured (default: the config's)")
     p.add_argument("--root", default="", help="where the run root is made (default: the system's temporary folder; "
                                              "/dev/shm: memory, to time the pipeline without the disk)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/extract-cpu.json"))
@@ -198,8 +187,10 @@ def main() -> None:
                    "--batch", str(args.batch), "--repeats", str(args.repeats), "--threads", str(args.threads),
                    "--chunk-rows", str(args.chunk_rows), "--shard-chunks", str(args.shard_chunks),
                    "--device", args.device, "--random-model", args.random_model, "--model-dtype", args.model_dtype,
-                   "--ctx", str(args.ctx), "--root", args.root]
-            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+                   "--ctx", str(args.ctx), "--root", args.root, "--layers", args.layers, "--sites", args.sites]
+            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"extract.py child ({dtype}, {size} seqs) failed:\n{out.stderr[-4000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r, c = rows[-1], rows[-1]["cpu_s_median"]
             print(f"{dtype:9s} {r['seqs']:5d} seqs {r['tokens']:7,d} tokens x {r['site_layers']} site-layers | "

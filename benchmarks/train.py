@@ -34,6 +34,7 @@ from train_common import (CycledRows, make_rows, measure_peak, norm_scale_of, pl
                           shaped_encoder_mm, step_flops, time_ours)
 from train_data import bench_data  # noqa: E402
 from train_profile import profile_step  # noqa: E402
+from train_reference import time_reference  # noqa: E402
 from train_saelens import saelens_available, saelens_row  # noqa: E402
 from train_sparse import bench_sparse, print_sparse, sparse_verdict  # noqa: E402
 
@@ -115,6 +116,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--crossover-width", help="widths (comma list); default 16384 CUDA, 4096,16384 CPU; '' skips")
     ap.add_argument("--crossover-fracs", default="0.02,0.05,0.1,0.2,0.3", help="starting L0 / width (comma list)")
     ap.add_argument("--crossover-timed", type=int, help="timed steps per crossover run; default 20 CUDA, 3 CPU")
+    ap.add_argument("--reference", action=argparse.BooleanOptionalAction,
+                    help="time the plain dense reference step (train_reference.py) at --widths; default on CUDA")
     ap.add_argument("--only-sparse", action="store_true", help="only the sparse comparison (and the peak)")
     ap.add_argument("--tmp-dir", help="where the temporary zarr stores go (local disk)")
     ap.add_argument("--seed", type=int, default=0)
@@ -144,6 +147,7 @@ def parse_args() -> argparse.Namespace:
     default("sparse_timed", 20, 3)
     default("crossover_width", "16384", "4096,16384")
     default("crossover_timed", 20, 3)
+    default("reference", True, False)
     args.sparse_widths = [int(w) for w in str(args.sparse_widths).split(",") if w]
     args.crossover_width = [int(w) for w in str(args.crossover_width).split(",") if w]
     args.crossover_fracs = [float(f) for f in str(args.crossover_fracs).split(",")]
@@ -235,6 +239,12 @@ def verdicts(res: dict) -> list[str]:
         out.append(f"goal >= 50% of {res['meta']['matmul_dtype']} matmul peak at widths >= 16k: worst "
                    f"{100 * worst['frac_of_peak']:.1f}% (width {worst['width']}, K {worst['K']}) -> "
                    f"{'MET' if worst['frac_of_peak'] >= 0.5 else 'NOT MET'} on {res['meta']['device_name']}")
+    for ref in res.get("reference", []):
+        mine = next((r for r in res["ours"] if r["width"] == ref["width"] and r["K"] == 1), None)
+        if mine:
+            out.append(f"width {ref['width']}: ours dense {100 * mine['frac_of_peak']:.1f}% of peak, plain reference "
+                       f"{100 * ref['frac_of_peak']:.1f}%: ours / reference "
+                       f"{mine['steps_per_s'] / ref['steps_per_s']:.2f}")
     if "data_reading" in res:
         zarrs = [e for n, e in res["data_reading"]["sources"].items() if n.startswith("zarr")]
         worst_ratio = min(e["ratio_vs_memory"] for e in zarrs)
@@ -301,6 +311,11 @@ def main() -> int:
     for r in ours:
         r["shaped_mm_flops_per_s"] = shaped.get(r["width"])
     res: dict = {"meta": meta, "peak": peak, "peak_used": peak_used, "ours": ours}
+    if args.reference:
+        print(f"plain dense reference step: widths {args.widths} ...", flush=True)
+        res["reference"] = [time_reference(pool, w, args.batch, device, args.autocast, args.warm, args.budget_s,
+                                           args.min_timed, args.max_timed, peak_used["flops_per_s"])
+                            for w in args.widths]
     if saelens is not None:
         res["saelens"] = saelens
     if not args.no_data:
