@@ -70,6 +70,20 @@ class PlanContext:
 Planned = dict[str, list[UnitSpec]]
 
 
+def units_on_trained_saes(ctx: PlanContext, planned: Planned, stage: str, *settings: Any) -> list[UnitSpec]:
+    """One unit of `stage` per (site, layer), reading every SAE its train unit wrote and the held-out tokens:
+    what evaluate and inspect both are. `settings`: what else shapes the unit's outputs."""
+    tokenize = planned["tokenize"][0]
+    train = {(u.site, u.layer): u for u in planned["train"]}
+    units = []
+    for site, layer, w in ctx.groups():
+        tr = train[(site, layer)]
+        units.append(UnitSpec(stage=stage, unit=tr.unit, site=site, layer=layer, wave=w, deps=[tr.key, tokenize.key],
+                              fingerprint=fingerprint(stage, FORMAT_VERSION, tr.fingerprint, tokenize.fingerprint,
+                                                      *settings)))
+    return units
+
+
 def suite_fingerprint(cfg: StagesConfig) -> str:
     """The fingerprint of what the suite computes, recorded in suite.json and the report: the stages'
     settings only, so editing how it is orchestrated (retries, resources, `RUNTIME_ONLY`) leaves it alone."""

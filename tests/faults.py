@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,7 +20,7 @@ from storage.lease import current as current_lease
 from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.registry import STAGE_NAMES
-from tests.helpers import REPO, small_suite_dict
+from tests.helpers import REPO, ReferenceRun, small_suite_dict
 
 EXIT_LIMIT_S = 10.0
 # Outputs that name their own location or time (the ledger, suite.json, the HTML report) are compared by
@@ -37,6 +38,15 @@ def fault_suite(tmp: Path, root: str, endpoint: str | None = None, **orchestrati
         cfg["storage"]["storage_options"] = {"endpoint_url": endpoint}
     cfg["orchestration"].update(orchestration)
     return cfg
+
+
+def clean_reference(tmp_path_factory) -> Iterator[ReferenceRun]:
+    """The body of the fault modules' `reference` fixture: a clean run of the fault suite on local disk, in a
+    process of its own while the scenario runs (and never left running)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    ref = ReferenceRun(fault_suite(tmp, str(tmp / "run")))
+    yield ref
+    ref.files()
 
 
 def compared(files: dict[str, bytes]) -> dict[str, bytes]:

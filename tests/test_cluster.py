@@ -275,7 +275,7 @@ def _start(api_url: str, env: dict, *args: str) -> subprocess.Popen:
 
 def test_a_cluster_run_is_byte_identical_to_one_local_node(clean_run, cluster, reference):
     proc, root = clean_run["proc"], clean_run["root"]
-    assert "ran 10 unit(s)" in proc.stdout  # tokenize, 2 extract, 2 x (shuffle, train, evaluate), report
+    assert "ran 12 unit(s)" in proc.stdout  # tokenize, 2 extract, 2 x (shuffle, train, evaluate, inspect), report
     _assert_same_as_one_node(root, reference)
     ledger = Ledger(root)
     nodes = {f"{s}:{r.unit}": r.node for s in STAGE_NAMES for r in ledger.records(s)}

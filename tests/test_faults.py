@@ -18,8 +18,8 @@ from storage import layout
 from storage.lease import current as current_lease
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.faults import (EXIT_LIMIT_S, Cli, alive, compared, complete_outputs_read_back, ended, fault_suite,
-                          gone_within, lease_run, processes, status_table, statuses, training, until)
+from tests.faults import (EXIT_LIMIT_S, Cli, alive, clean_reference, compared, complete_outputs_read_back, ended,
+                          fault_suite, gone_within, lease_run, processes, status_table, statuses, training, until)
 from tests.helpers import ReferenceRun, cli, root_files, write_config
 
 pytestmark = pytest.mark.slow
@@ -29,11 +29,7 @@ _WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, embedded_assets) -> ReferenceRun:
-    """A clean run on local disk, in a process of its own while the scenarios run."""
-    tmp = tmp_path_factory.mktemp("reference")
-    ref = ReferenceRun(fault_suite(tmp, str(tmp / "run")))
-    yield ref
-    ref.files()  # never left running
+    yield from clean_reference(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +202,7 @@ def test_the_resumed_run_completes_with_the_bytes_of_a_clean_run(lease_runs, ref
     assert "notice:" not in e.stderr  # C and D released the lease
     # what was complete when A was killed did not run again; the rest (train at least) did
     ran = re.search(r"ran (\d+) unit\(s\) in [\d.]+ s \((.*?)\)", " ".join(e.stdout.split()))
-    assert ran and int(ran[1]) >= 3 and "train 1/1, evaluate 1/1, report 1/1" in ran[2], e.stdout
+    assert ran and int(ran[1]) >= 3 and "train 1/1, evaluate 1/1, inspect 1/1, report 1/1" in ran[2], e.stdout
     ended_at = ended(f["root"])
     assert {k: ended_at[k] for k in f["complete_at_kill"]} == f["complete_at_kill"]
     got = root_files(f["root"])

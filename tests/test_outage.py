@@ -18,7 +18,7 @@ import pytest
 from storage import layout
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.faults import Cli, compared, complete_outputs_read_back, fault_suite, statuses, until
+from tests.faults import Cli, clean_reference, compared, complete_outputs_read_back, fault_suite, statuses, until
 from tests.helpers import ReferenceRun, api_post, root_files, write_config
 from tests.tcp_proxy import TcpProxy
 
@@ -30,11 +30,7 @@ OUTAGE_S = 30.0
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, embedded_assets) -> ReferenceRun:
-    """A clean run on local disk, in a process of its own while the outage scenario runs."""
-    tmp = tmp_path_factory.mktemp("reference")
-    ref = ReferenceRun(fault_suite(tmp, str(tmp / "run")))
-    yield ref
-    ref.files()  # never left running
+    yield from clean_reference(tmp_path_factory)
 
 
 def _api_get(api_url: str, path: str) -> list[dict]:

@@ -18,28 +18,19 @@ import zarr
 
 from sae import SAEMetrics, SparseAutoencoder
 from storage import layout
-from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
 from tasks.lm.heldout import load_eval_tokens, load_sweep_saes, write_parquet
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
 from tasks.lm.partial_forward import logits_with_site_replaced, recording_splice_inputs
 from tasks.lm.sites import ActivationCapture, site_hooks
-from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec
+from tasks.units import PlanContext, Planned, UnitResult, UnitSpec, units_on_trained_saes
 
 
 def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
     """One unit per (site, layer): its trained SAEs on the held-out tokens."""
-    cfg, tokenize = ctx.cfg, planned["tokenize"][0]
-    train = {u.unit: u for u in planned["train"]}
-    units = []
-    for site, layer, w in ctx.groups():
-        tr = train[layout.site_layer(site, layer)]
-        units.append(UnitSpec(stage="evaluate", unit=tr.unit, site=site, layer=layer, wave=w,
-                              deps=[tr.key, tokenize.key],
-                              fingerprint=fingerprint("evaluate", FORMAT_VERSION, tr.fingerprint, tokenize.fingerprint,
-                                                      cfg.model, cfg.evaluate)))
-    return units
+    cfg = ctx.cfg
+    return units_on_trained_saes(ctx, planned, "evaluate", cfg.model, cfg.evaluate)
 
 
 def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
