@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,6 +54,13 @@ def compared(files: dict[str, bytes]) -> dict[str, bytes]:
     return {k: v for k, v in files.items() if not k.startswith(LOCATION_DEPENDENT)}
 
 
+def _default_sigint() -> None:
+    """SIGINT as a terminal gives it: a shell without job control starts background commands with SIGINT
+    ignored, which their children inherit, and Python then installs no KeyboardInterrupt for it (seen: a
+    `make test` started with `&` from a script, where the CLI ran on through its SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Cli:
     """`python -m flows.cli ARGS` in the background, as a user starts it. Without `api_url` it starts its own
     Prefect server; RAY_TMPDIR is a fresh short folder of its own, so its Ray processes can be found."""
@@ -64,7 +72,7 @@ class Cli:
         self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
-                                         stdout=out, stderr=err)
+                                         stdout=out, stderr=err, preexec_fn=_default_sigint)
         self.started = time.monotonic()
 
     @property
@@ -230,3 +238,25 @@ def gone_within(marker: str, timeout: float) -> tuple[float, dict[int, str]]:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     return time.monotonic() - t0, left
+
+
+def assert_same_outputs(got: dict[str, bytes], reference: ReferenceRun) -> None:
+    """Every output but those naming their location or time is the clean run's, byte for byte."""
+    got, want = compared(got), compared(reference.files())
+    assert set(got) ^ set(want) == set()
+    assert [k for k in sorted(want) if got[k] != want[k]] == []
+
+
+def assert_stopped_by_signal(f: dict, run: str) -> None:
+    """What a signalled run `run` must have done (the facts its scenario recorded under `{run}_...`): exit
+    130 within the limit, its running units recorded interrupted and none left running, a one-line notice
+    saying how to resume, and its Ray instance gone."""
+    assert f[f"{run}_rc"] == 130, f[f"{run}_err"]
+    assert f[f"{run}_exit_s"] <= EXIT_LIMIT_S
+    after = f[f"after_{run}"]
+    assert f[f"{run}_running"] and all(after[k] == "interrupted" for k in f[f"{run}_running"]), after
+    assert "running" not in after.values(), after
+    assert re.search(r"interrupted after [\d.]+ s: running units are recorded interrupted; `scopeflow run .*` resumes",
+                     f[f"{run}_err"]), f[f"{run}_err"]
+    assert any("raylet" in c for c in f[f"{run}_procs"].values()), f[f"{run}_procs"]
+    assert f[f"{run}_left"] == {}, f[f"{run}_left"]
