@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import zarr
 
-from storage.arrays import RowWriter, create_array
+from storage.arrays import RowWriter, create_array, stored_itemsize
 from storage.config import StorageConfig
 from storage.layout import activation_shard
 from storage.root import StorageRoot
@@ -107,7 +107,7 @@ class ShardWriter:
         self.row_writers: dict[Key, tuple[RowWriter, RowWriter]] = {}
         self.pool = None
         if writers > 1:
-            itemsize = 4 if storage.activation_dtype == "float32" else 2
+            itemsize = stored_itemsize(storage.activation_dtype)
             self.pool = WriterPool(root, writers, slot_bytes(self.keys, widths, itemsize, max_batch_rows))
         self.background = BackgroundWriter(depth)
         # the arrays are made on the writer thread, so the first forward pass overlaps it

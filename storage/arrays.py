@@ -18,6 +18,12 @@ from storage.errors import InputError
 
 _STORED_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def stored_itemsize(dtype: str) -> int:
+    """Bytes one value of an activation dtype takes once stored (bfloat16 as its uint16 bits)."""
+    return np.dtype(_STORED_DTYPE.get(dtype, dtype)).itemsize
+
 # write_empty_chunks: every chunk is written, so zarr skips its per-chunk "all fill value?" scan (slow for
 # uint16) and an all-zero chunk is an object like any other, not a missing one. A runtime setting, not
 # stored in the metadata: whoever opens an array to write it must set it again (open_for_writing).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from storage.arrays import stored_itemsize
 from tasks.config import StagesConfig
 from tasks.lm.model import load_config, resolve_model_path
 from tasks.lm.partial_forward import first_changed_layer
@@ -27,7 +28,6 @@ KNOWN_CONFIGS: dict[str, dict] = {
     "google/gemma-2-9b": dict(model_type="gemma2", num_hidden_layers=42, hidden_size=3584, intermediate_size=14336,
                               num_attention_heads=16, num_key_value_heads=8, head_dim=256, vocab_size=256000),
 }
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 TRAIN_FLOPS_PER_TOKEN_PER_LATENT = 12  # x d_in: encoder + decoder, forward and backward (dense step)
 
 
@@ -131,7 +131,7 @@ def rows_per_site_layer(cfg: StagesConfig, n_train_seqs: int) -> int:
 
 def group_bytes(cfg: StagesConfig, shape: ModelShape, site: str, n_rows: int) -> int:
     """Storage one (site, layer) holds while its wave runs: its extracted shards and its shuffled copy."""
-    per_row = shape.site_width(site) * _DTYPE_BYTES[cfg.storage.activation_dtype] + 8  # + index (2 x int32)
+    per_row = shape.site_width(site) * stored_itemsize(cfg.storage.activation_dtype) + 8  # + index (2 x int32)
     return 2 * n_rows * per_row
 
 
@@ -188,7 +188,7 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     groups = [(site, layer) for site in cfg.sites for layer in layers]
     bytes_of = {g: group_bytes(cfg, shape, g[0], rows) for g in groups}
     waves = suite_waves(cfg, layers, n_train_seqs, shape)  # exactly the waves the suite flow will run
-    dbytes = _DTYPE_BYTES[cfg.storage.activation_dtype]
+    dbytes = stored_itemsize(cfg.storage.activation_dtype)
     act_bytes = sum(rows * (shape.site_width(s) * dbytes + 8) for s, _ in groups)
     sc = cfg.storage.shard_chunks
     act_objects = len(groups) * shards * (_objects(shard_rows, cfg.storage.chunk_rows, sc)

@@ -18,7 +18,8 @@ import pytest
 from storage import layout
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.faults import Cli, clean_reference, compared, complete_outputs_read_back, fault_suite, statuses, until
+from tests.faults import (Cli, assert_same_outputs, clean_reference, complete_outputs_read_back, fault_suite,
+                          statuses, until)
 from tests.helpers import ReferenceRun, api_post, root_files, write_config
 from tests.tcp_proxy import TcpProxy
 
@@ -123,9 +124,7 @@ def test_an_object_store_outage_mid_extract_is_retried_and_the_run_completes(out
 def test_after_the_outage_every_output_is_byte_identical_to_a_clean_run(outage, reference):
     got = root_files(outage["direct"])
     assert not [k for k in got if k.startswith("checkpoints/") or k == layout.LEASE]
-    got, want = compared(got), compared(reference.files())
-    assert set(got) ^ set(want) == set()
-    assert [k for k in sorted(want) if got[k] != want[k]] == []
+    assert_same_outputs(got, reference)
 
 
 def test_after_the_outage_no_complete_record_points_at_a_partial_output(outage):
