@@ -23,6 +23,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts its workers at nice 15 (its raylet's `worker_niceness`), which here left every run on Ray starved
+# by the CPU work at nice 0 beside it (reference runs, units run in a test's own process): seen in CI, a
+# cluster run that takes 34 s alone got nothing done in 300 s. Every Ray instance the tests start inherits this.
+os.environ.setdefault("RAY_worker_niceness", "0")
 # The session's Prefect server listens here. Prefect reads its API URL once, when first imported (test
 # modules import the flows at collection), so the address is fixed now and the server started on it later.
 _PREFECT_PORT = free_port()

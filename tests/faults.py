@@ -21,7 +21,7 @@ from storage.lease import current as current_lease
 from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.registry import STAGE_NAMES
-from tests.helpers import REPO, ReferenceRun, small_suite_dict
+from tests.helpers import REPO, ReferenceRun, shared_reference, small_suite_dict
 
 EXIT_LIMIT_S = 10.0
 # Outputs that name their own location or time (the ledger, suite.json, the HTML report) are compared by
@@ -43,9 +43,8 @@ def fault_suite(tmp: Path, root: str, endpoint: str | None = None, **orchestrati
 
 def clean_reference(tmp_path_factory) -> Iterator[ReferenceRun]:
     """The body of the fault modules' `reference` fixture: a clean run of the fault suite on local disk, in a
-    process of its own while the scenario runs (and never left running)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    ref = ReferenceRun(fault_suite(tmp, str(tmp / "run")))
+    process of its own while the scenarios run, one for all of them (and never left running)."""
+    ref = shared_reference(tmp_path_factory, "fault-reference", lambda tmp: fault_suite(tmp, str(tmp / "run")))
     yield ref
     ref.files()
 
