@@ -39,8 +39,8 @@ os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
 # first three then the next three: a long module is paired with a short one, and the longest start first,
 # as a long module started last would finish alone. Much of each scenario is waiting on processes, signals,
 # a node's death or a 30 s outage, which is why more workers than cores pay.
-_SLOWEST_FIRST = ("test_faults", "test_flow_integration", "test_cluster", "test_interrupts", "test_stages",
-                  "test_bad_input", "test_outage", "test_waves", "test_capacity", "test_report_render",
+_SLOWEST_FIRST = ("test_faults", "test_flow_integration", "test_cluster", "test_outage", "test_interrupts",
+                  "test_stages", "test_bad_input", "test_waves", "test_capacity", "test_report_render",
                   "test_deployments")
 
 

@@ -35,6 +35,9 @@ def fault_suite(tmp: Path, root: str, endpoint: str | None = None, **orchestrati
     cfg = small_suite_dict(tmp, sites=["res"], layers=[0])
     cfg["sae"].update(widths=[512, 1024], epochs=4, checkpoint_every=10)
     cfg["storage"]["root"] = root
+    # one CPU, so one Ray worker per CLI run: each cold worker imports torch, transformers and Prefect
+    # (~7 CPU-s here), and these runs are mostly one chain of units anyway
+    cfg["orchestration"]["num_cpus"] = 1
     if endpoint:
         cfg["storage"]["storage_options"] = {"endpoint_url": endpoint}
     cfg["orchestration"].update(orchestration)
