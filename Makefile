@@ -27,8 +27,16 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/scopeflow run $(CONFIG)
 
+# The latent browser's test drives Debian's chromium (tests/browser.py): installed here, never assumed.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_CHROMIUM := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+$(CHROMIUM):
+	$(APT_CHROMIUM) >/dev/null || { $(SUDO) apt-get update -qq && $(APT_CHROMIUM) >/dev/null; }
+
 # Several workers on 2 cores: the integration scenarios wait more than they compute (tests/conftest.py).
-test: $(VENV)/.interop
+test: $(VENV)/.interop $(CHROMIUM)
 	$(PY) -m pytest -q -n 3 --dist loadscope --no-loadscope-reorder
 
 clean:

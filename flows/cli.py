@@ -1,4 +1,4 @@
-"""`scopeflow`: run, status, rerun, report, import, server.
+"""`scopeflow`: run, status, rerun, plan, report, import, server, latents.
 
 Prefect reads PREFECT_API_URL at import, so nothing here imports prefect (or the flows) until the server is
 up and the variable set; config problems are reported before any of that, in one line.
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.config import DEFAULT_CONFIG, ConfigError, SuiteConfig, load_suite_config
+from flows.latents_cli import add_parser as add_latents_parser
 from flows.prepare import open_root, prepare_suite
 from flows.status import lease_line, stage_status
 from infra.prefect_server import prefect_api, start_server, stop_server
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     sv.add_argument("--port", type=int, default=4200)
     sv.set_defaults(fn=cmd_server)
+    add_latents_parser(sub)
     return p
 
 

@@ -48,7 +48,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           uses_gpu=True),
     # reads no activations, so a storage wave is freed without waiting for it
     Stage("inspect", inspect.run_unit, inspect.plan_units, reads=("train", "tokenize"), uses_gpu=True),
-    Stage("report", report.run_unit, report.plan_units, reads=("evaluate",)),
+    Stage("report", report.run_unit, report.plan_units, reads=("evaluate", "inspect")),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
 

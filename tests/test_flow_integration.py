@@ -1,7 +1,9 @@
 """The real flow on a small suite: `scopeflow` as a user runs it, through a Prefect server and Ray."""
 from __future__ import annotations
 
+import html
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,10 @@ import pytest
 from flows.config import SuiteConfig
 from storage.ledger import Ledger
 from storage.root import StorageRoot
+from tasks.latent_tables import load_sae_latents
+from tasks.lm.model import load_tokenizer
 from tasks.registry import STAGE_NAMES
+from tests.browser import open_page
 from tests.helpers import api_post, changed, cli, end_times, small_suite_dict, write_config
 
 pytestmark = pytest.mark.slow
@@ -83,6 +88,109 @@ def test_runs_reached_the_prefect_server(first_run, prefect_server):
     assert any(a["data"] == 100.0 for a in artifacts if a["key"] == "scopeflow-train-progress"), artifacts
 
 
+def _latent_page_text(dom: str) -> tuple[str, list[str]]:
+    """The chosen latent's title and each context's visible tokens (the page's text, not its data)."""
+    parser = _Contexts()
+    parser.feed(dom)
+    return parser.title, parser.contexts
+
+
+class _Contexts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.title, self.contexts, self._in = "", [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id") == "latent-title":
+            self._in = "title"
+        elif a.get("class") == "context":
+            self.contexts.append("")
+            self._in = "context"
+        elif a.get("class") == "act":
+            self._in = "act"
+        elif self._in == "act" and tag == "span":
+            self._in = "context"
+
+    def handle_endtag(self, tag):
+        if (self._in == "title" and tag == "h2") or (self._in == "context" and tag == "div"):
+            self._in = None
+        elif self._in == "act" and tag == "span":
+            self._in = "context"
+
+    def handle_data(self, data):
+        if self._in == "title":
+            self.title += data
+        elif self._in == "context":
+            self.contexts[-1] += data
+
+
+def _most_frequent_with_contexts(root: StorageRoot, cfg: SuiteConfig):
+    w, lam = cfg.sae.widths[-1], cfg.sae.lambdas[0]
+    s = load_sae_latents(root, "res", 0, w, f"lambda_{lam:g}")
+    stats = sorted(s.stats.to_pylist(), key=lambda r: (-r["frequency"], r["latent"]))
+    return s, next(r for r in stats if r["n_contexts"])
+
+
+def test_the_latent_browser_shows_a_latents_contexts_as_the_parquet_files_have_them(first_run, tmp_path):
+    """In headless Chromium, from the file system: the page loads with no console line, the latent picked by
+    the link shows its contexts, whose visible tokens are the parquet windows decoded, best first."""
+    _, _, cfg_dict, _ = first_run
+    cfg = SuiteConfig.model_validate(cfg_dict)
+    root = StorageRoot(cfg.storage.root)
+    s, latent = _most_frequent_with_contexts(root, cfg)
+    page = Path(cfg.storage.root) / "report" / "latents.html"
+    url = f"{page.as_uri()}#sae={s.key}&latent={latent['latent']}"
+    dom, console = open_page(url)
+    assert console == []
+    title, contexts = _latent_page_text(dom)
+    assert title == f"latent {latent['latent']}"
+    tok = load_tokenizer(cfg.model)
+    want = ["".join(tok.decode([t]) if t >= 0 else "" for t in c["window"]).replace("\n", "\u21b5")
+            for c in s.contexts_of(latent["latent"])]
+    assert len(want) == latent["n_contexts"] and contexts == want
+    assert f"frequency {latent['frequency']:.3g}" in dom and f"({latent['n_firing']} of" in dom
+    boosted = tok.decode([latent["top_boosted"][0]]).replace("\n", "\u21b5")
+    assert f"boosts: {html.escape(boosted, quote=False)} (" in dom
+    shot = tmp_path / "latents.png"
+    open_page(url, screenshot=shot)
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_latent_browser_finds_latents_by_a_token_they_fire_on_or_promote(first_run):
+    _, _, cfg_dict, _ = first_run
+    cfg = SuiteConfig.model_validate(cfg_dict)
+    s, latent = _most_frequent_with_contexts(StorageRoot(cfg.storage.root), cfg)
+    tok = load_tokenizer(cfg.model)
+    query = tok.decode([latent["top_boosted"][0]]).strip().lower()
+    window = s.window
+    fires = {c["latent"] for c in s.contexts.to_pylist() if query in tok.decode([c["window"][window]]).lower()}
+    promotes = {r["latent"] for r in s.stats.to_pylist()
+                if any(query in tok.decode([t]).lower() for t in r["top_boosted"])}
+    page = Path(cfg.storage.root) / "report" / "latents.html"
+    dom, console = open_page(f"{page.as_uri()}#sae={s.key}&q={query}")
+    assert console == []
+    assert f"{len(fires | promotes)} latents matching" in dom, query
+
+
+def test_scopeflow_latents_prints_a_latents_contexts(first_run):
+    _, path, cfg_dict, _ = first_run
+    cfg = SuiteConfig.model_validate(cfg_dict)
+    s, latent = _most_frequent_with_contexts(StorageRoot(cfg.storage.root), cfg)
+    setting = s.setting
+    out = cli("latents", str(path), "--site", "res", "--layer", "0", "--width", str(s.width), "--setting", setting,
+              "--latent", str(latent["latent"]))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"{s.key} latent {latent['latent']}: frequency")
+    shown = [line for line in lines if " seq " in line and "[[" in line]
+    assert len(shown) == latent["n_contexts"]
+    listing = cli("latents", str(path), "--site", "res", "--layer", "0", "--width", str(s.width), "--setting", setting)
+    assert listing.returncode == 0 and f"{s.key}: {s.width} latents" in listing.stdout
+    bad = cli("latents", str(path), "--site", "res", "--layer", "1")
+    assert bad.returncode == 2 and "no latents of res/layer_1" in bad.stderr
+
+
 def test_rerun_rules(first_run):
     tmp, path, cfg_dict, _ = first_run
     root = StorageRoot(cfg_dict["storage"]["root"])
@@ -100,13 +208,14 @@ def test_rerun_rules(first_run):
     t1 = end_times(root)
     assert changed(t0, t1) == {"train:res/layer_2", "evaluate:res/layer_2", "inspect:res/layer_2", "report:suite"}
 
-    # an inspect setting changed: the inspect units only (the report does not read them)
+    # an inspect setting changed: the inspect units and the report (its latent browser shows them)
     cfg_dict["inspect"] = {"top_k": 8}
     write_config(path, cfg_dict)
     proc = cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     t1b = end_times(root)
-    assert changed(t1, t1b) == {f"inspect:{site}/layer_{layer}" for site in ("res", "att", "mlp") for layer in (0, 2)}
+    assert changed(t1, t1b) == {f"inspect:{site}/layer_{layer}" for site in ("res", "att", "mlp")
+                                for layer in (0, 2)} | {"report:suite"}
     t1 = t1b
 
     # a training setting changed: every train unit and what depends on it, nothing upstream

@@ -297,6 +297,11 @@ def test_inspect_contexts_and_stats_equal_a_direct_computation(suite, site, laye
             lo = r["pos"] - w
             expected = [int(tokens[r["seq"], p]) if 0 <= p < tokens.shape[1] else -1 for p in range(lo, lo + 2 * w + 1)]
             assert r["window"] == expected
+            # the latent at each window token: 0 outside the sequence and at BOS/EOS/padding (no row there)
+            row_of = {(seq[j], pos[j]): j for j in range(len(seq))}
+            acts = [f[row_of[(r["seq"], p)], i].item() if (r["seq"], p) in row_of else 0.0 for p in range(lo, lo + 2 * w + 1)]
+            np.testing.assert_allclose(r["window_activations"], acts, rtol=1e-5, atol=1e-6)
+            assert r["window_activations"][w] == pytest.approx(r["activation"], rel=1e-5)
         s = st[i]
         assert s["latent"] == i and s["n_firing"] == len(fires) and s["n_contexts"] == len(order)
         assert s["frequency"] == len(fires) / len(rows)

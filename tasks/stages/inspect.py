@@ -8,11 +8,15 @@ Per SAE, under `latents/{site}/layer_{L}/width_{W}/{setting}/`:
   and suppresses most, with their logit weights (`tasks.lm.logit_lens`).
 - `contexts.parquet`, the top-k activating examples of every latent that fired, best first (ties: the
   earlier row of `tokens/eval`, then the earlier position): latent, rank, activation, seq, pos, and
-  `window`, the 2w+1 token ids centred on pos (-1 outside the sequence), so the firing token is window[w].
-  Token ids only: a reader decodes them with the suite's tokenizer.
+  `window`, the 2w+1 token ids centred on pos (-1 outside the sequence), so the firing token is window[w],
+  and `window_activations`, the latent's activation at each of them (0 at BOS, EOS, padding and outside the
+  sequence), which a browser shades the context by. Token ids only: a reader decodes them with the suite's
+  tokenizer.
 
 Per batch the model runs once, up to layer L only, and every SAE encodes the site's kept rows; each SAE's
-`sae.LatentStats` keeps k examples per latent, so memory never grows with the held-out set.
+`sae.LatentStats` keeps k examples per latent, so memory never grows with the held-out set. A second pass
+over only the sequences some example lies in gives the window activations (which examples they are is
+known only at the end).
 """
 from __future__ import annotations
 
@@ -31,10 +35,14 @@ from tasks.lm.sites import ActivationCapture, forward_until, site_hooks
 from tasks.units import PlanContext, Planned, UnitResult, UnitSpec, units_on_trained_saes
 
 
+CONTEXTS_FORMAT = 2  # 2: contexts.parquet has window_activations; outputs without them are not trusted
+
+
 def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
     """One unit per (site, layer): every SAE its train unit wrote, on the held-out tokens evaluate uses."""
     cfg = ctx.cfg
-    return units_on_trained_saes(ctx, planned, "inspect", cfg.model, cfg.evaluate.n_seqs, cfg.inspect)
+    return units_on_trained_saes(ctx, planned, "inspect", CONTEXTS_FORMAT, cfg.model, cfg.evaluate.n_seqs,
+                                 cfg.inspect)
 
 
 def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
@@ -67,6 +75,41 @@ def accumulate_latents(cfg: StagesConfig, site: str, layer: int, saes: list[Spar
             for st, sae in zip(stats, saes):
                 st.update(sae.encode(rows), row_ids)
     return [st.result() for st in stats]
+
+
+def window_activations(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAutoencoder],
+                       contexts: list[pa.Table], tokens: np.ndarray) -> list[np.ndarray]:
+    """Per SAE, [n_contexts, 2w+1]: each example's latent at the tokens of its window. The model runs on
+    the example sequences only, and each SAE encodes one sequence at a time (ctx x width floats)."""
+    w, ctx = cfg.inspect.window, tokens.shape[1]
+    out = [np.zeros((t.num_rows, 2 * w + 1), dtype=np.float32) for t in contexts]
+    by_sae = [{k: t.column(k).to_numpy() for k in ("latent", "seq", "pos")} for t in contexts]
+    seqs = np.unique(np.concatenate([c["seq"] for c in by_sae] or [np.zeros(0, np.int32)]))
+    if not len(seqs):
+        return out
+    special = special_token_ids(load_tokenizer(cfg.model))
+    model, device = load_model(cfg.model), pick_device(cfg.model.device)
+    key, offsets = (site, layer), np.arange(-w, w + 1)
+    capture = ActivationCapture([key])
+    bs = cfg.inspect.batch_size
+    with torch.inference_mode(), site_hooks(model, capture.hooks()):
+        for start in range(0, len(seqs), bs):
+            chunk = seqs[start:start + bs]
+            batch = tokens[chunk]
+            forward_until(model, torch.from_numpy(batch.astype(np.int64)).to(device), layer)
+            acts, keep = capture.values.pop(key).float(), keep_mask(batch, special)
+            for i, seq in enumerate(chunk):
+                positions = np.arange(ctx)[keep[i]]
+                for sae, c, o in zip(saes, by_sae, out):
+                    (hit,) = np.nonzero(c["seq"] == seq)
+                    if not len(hit):
+                        continue
+                    f = np.zeros((ctx, sae.d_sae), dtype=np.float32)
+                    f[positions] = sae.encode(acts[i, torch.from_numpy(positions).to(device)]).cpu().numpy()
+                    where = c["pos"][hit, None] + offsets
+                    inside = (where >= 0) & (where < ctx)
+                    o[hit] = np.where(inside, f[where.clip(0, ctx - 1), c["latent"][hit, None]], 0.0)
+    return out
 
 
 def _list_column(values: np.ndarray, pa_type: pa.DataType) -> pa.Array:
@@ -117,19 +160,21 @@ def inspect_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRo
     points, saes, _ = load_sweep_saes(cfg, site, layer, root)
     tokens = load_eval_tokens(cfg, root)
     summaries = accumulate_latents(cfg, site, layer, saes, tokens)
+    contexts = [contexts_table(summary, tokens, cfg.inspect.window) for summary in summaries]
+    windows = window_activations(cfg, site, layer, saes, contexts, tokens)
     model = load_model(cfg.model)
     outputs, metrics = [], {}
-    for point, sae, summary in zip(points, saes, summaries):
+    for point, sae, summary, table, window in zip(points, saes, summaries, contexts, windows):
         folder = layout.latents_dir(site, layer, point.width, point.slug)
         meta = {"site": site, "layer": str(layer), "sae_path": layout.sae_dir(site, layer, point.width, point.slug),
                 "n_tokens": str(summary.n_rows), "top_k": str(cfg.inspect.top_k), "window": str(cfg.inspect.window)}
         with torch.inference_mode():
             tokens_out = output_tokens(model, site, layer, sae.W_dec, cfg.inspect.n_output_tokens)
         stats = stats_table(summary, tokens_out).replace_schema_metadata(meta)
-        contexts = contexts_table(summary, tokens, cfg.inspect.window).replace_schema_metadata(meta)
+        table = table.append_column("window_activations", _list_column(window, pa.float32()))
         write_parquet(root, f"{folder}/{layout.LATENT_STATS}", stats)
-        write_parquet(root, f"{folder}/{layout.LATENT_CONTEXTS}", contexts)
+        write_parquet(root, f"{folder}/{layout.LATENT_CONTEXTS}", table.replace_schema_metadata(meta))
         outputs += [f"{folder}/{layout.LATENT_STATS}", f"{folder}/{layout.LATENT_CONTEXTS}"]
-        metrics[folder] = {"n_dead": int((summary.fire_counts == 0).sum()), "n_contexts": contexts.num_rows}
+        metrics[folder] = {"n_dead": int((summary.fire_counts == 0).sum()), "n_contexts": table.num_rows}
     n_tokens = summaries[0].n_rows if summaries else 0
     return UnitResult(outputs=outputs, metrics={"n_tokens": n_tokens, "saes": metrics})

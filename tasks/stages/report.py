@@ -1,4 +1,5 @@
-"""Stage 7: the whole suite's evaluations -> report/ (metrics.parquet, plots, index.html)."""
+"""Stage 7: the whole suite's evaluations and latents -> report/ (metrics.parquet, plots, index.html, and the
+latent browser latents.html with its data scripts under latents/)."""
 from __future__ import annotations
 
 import io
@@ -11,18 +12,21 @@ from storage import layout
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.reporting import render_report
+from tasks.latent_tables import decode_tokens, load_sae_latents, token_ids
+from tasks.lm.model import load_tokenizer
+from tasks.reporting import LATENTS_PAGE, render_report, write_latent_browser
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec, suite_fingerprint
 
 SUITE_UNIT = "suite"
 
 
 def plan_units(ctx: PlanContext, planned: Planned) -> list[UnitSpec]:
-    """One unit for the suite, after every evaluation."""
-    evaluate = planned["evaluate"]
-    return [UnitSpec(stage="report", unit=SUITE_UNIT, deps=[u.key for u in evaluate],
+    """One unit for the suite, after every evaluation and inspection."""
+    evaluate, inspect = planned["evaluate"], planned["inspect"]
+    return [UnitSpec(stage="report", unit=SUITE_UNIT, deps=[u.key for u in evaluate + inspect],
                      groups=[(u.site, u.layer) for u in evaluate],
-                     fingerprint=fingerprint("report", FORMAT_VERSION, [u.fingerprint for u in evaluate]))]
+                     fingerprint=fingerprint("report", FORMAT_VERSION, [u.fingerprint for u in evaluate],
+                                             [u.fingerprint for u in inspect]))]
 
 
 def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult:
@@ -55,5 +59,10 @@ def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerpri
         out = Path(tmp) / layout.REPORT_DIR
         out.mkdir()
         render_report(rows, logs, out, title=f"scopeflow suite '{cfg.name}'", suite_info=info)
+        latents = [load_sae_latents(root, r["site"], r["layer"], r["width"], r["sae_path"].rsplit("/", 1)[1])
+                   for r in rows]
+        vocab = decode_tokens(load_tokenizer(cfg.model), token_ids(latents))
+        write_latent_browser(out, latents, vocab, title=f"scopeflow suite '{cfg.name}': latents")
         root.upload_dir(out, layout.REPORT_DIR)
-    return UnitResult(outputs=[layout.REPORT_INDEX, layout.REPORT_METRICS], metrics={"n_saes": len(rows)})
+    return UnitResult(outputs=[layout.REPORT_INDEX, layout.REPORT_METRICS, f"{layout.REPORT_DIR}/{LATENTS_PAGE}"],
+                      metrics={"n_saes": len(rows)})

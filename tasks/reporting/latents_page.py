@@ -1,0 +1,63 @@
+"""`report/latents.html`, the latent browser: a static page over the inspect stage's outputs.
+
+Its data are scripts, `latents/index.js` (the SAEs), `latents/vocab.js` (the tokens they name) and one
+`latents/sae_N.js` per SAE, added to the page when that SAE is picked: a page opened from the file system
+may load scripts but not fetch() files, and a suite of hundreds of SAEs must not load at once."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from importlib import resources
+
+from tasks.latent_tables import SaeLatents
+
+LATENTS_PAGE = "latents.html"
+DATA_DIR = "latents"
+_ASSETS = resources.files(__package__) / "assets"
+
+
+def _value(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(f"{x:.{digits}g}")
+
+
+def sae_data(s: SaeLatents) -> dict:
+    """Per latent [frequency, n_firing, max, mean, boosted ids, their logits, suppressed ids, their logits]
+    and its contexts [activation, seq, pos, window ids, window activations], best first."""
+    cols = s.stats.to_pydict()
+    latents = [[_value(cols["frequency"][i]), cols["n_firing"][i], _value(cols["max_activation"][i]),
+                _value(cols["mean_activation"][i]), cols["top_boosted"][i],
+                [_value(v, 4) for v in cols["top_boosted_logits"][i]], cols["top_suppressed"][i],
+                [_value(v, 4) for v in cols["top_suppressed_logits"][i]]] for i in range(s.stats.num_rows)]
+    contexts: dict[int, list] = {}
+    for r in s.contexts.to_pylist():
+        contexts.setdefault(r["latent"], []).append(
+            [_value(r["activation"]), r["seq"], r["pos"], r["window"], [_value(v, 4) for v in r["window_activations"]]])
+    return {"n_tokens": int(s.stats.schema.metadata[b"n_tokens"]), "latents": latents, "contexts": contexts}
+
+
+def _script(path: pathlib.Path, target: str, value) -> None:
+    path.write_text(f"{target} = {json.dumps(value, separators=(',', ':'))};\n", encoding="utf-8")
+
+
+def write_latent_browser(out_dir: pathlib.Path, saes: list[SaeLatents], vocab: dict[int, str],
+                         title: str) -> list[pathlib.Path]:
+    """The data scripts, then the page (last, once what it loads exists)."""
+    data = pathlib.Path(out_dir) / DATA_DIR
+    data.mkdir(parents=True, exist_ok=True)
+    index, written = [], []
+    for n, s in enumerate(saes):
+        file = data / f"sae_{n}.js"
+        _script(file, f"SCOPEFLOW_LATENTS.data[{json.dumps(s.key)}]", sae_data(s))
+        written.append(file)
+        index.append({"key": s.key, "site": s.site, "layer": s.layer, "width": s.width, "setting": s.setting,
+                      "n_dead": int(sum(s.stats.column("dead").to_pylist())), "file": f"{DATA_DIR}/{file.name}"})
+    window = saes[0].window if saes else 0
+    (data / "index.js").write_text(f"window.SCOPEFLOW_LATENTS = {{saes: {json.dumps(index)}, window: {window}, "
+                                   f"data: {{}}, vocab: {{}}}};\n", encoding="utf-8")
+    _script(data / "vocab.js", "SCOPEFLOW_LATENTS.vocab", {str(k): v for k, v in vocab.items()})
+    page = (_ASSETS / "latents.html").read_text(encoding="utf-8")
+    page = page.replace("__TITLE__", title).replace("__CSS__", (_ASSETS / "report.css").read_text(encoding="utf-8"))
+    page = page.replace("__JS__", (_ASSETS / "latents.js").read_text(encoding="utf-8"))
+    (out_dir / LATENTS_PAGE).write_text(page, encoding="utf-8")
+    return [*written, data / "index.js", data / "vocab.js", out_dir / LATENTS_PAGE]
