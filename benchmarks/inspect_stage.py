@@ -5,7 +5,7 @@ held-out tokens and the (site, layer)'s SAEs), with `evaluate.n_seqs` set to eac
 Reported per size: the unit's wall time, the child's peak RSS, and its RSS before the unit (imports, the
 model loaded once): what the unit adds is the difference. Torch on one thread, as a Ray unit of one CPU.
 
-    .venv/bin/python benchmarks/inspect.py --run runs/tiny --sizes 16,64      # after `make run`
+    .venv/bin/python benchmarks/inspect_stage.py --run runs/tiny --sizes 16,64      # after `make run`
 """
 from __future__ import annotations
 
