@@ -15,6 +15,7 @@ from .jumprelu import JumpReLUSAE
 from .latents import LatentStats, LatentSummary
 from .metrics import SAEMetrics
 from .registry import ARCHITECTURES, architecture_class
+from .splitting import nearest_by_decoder_cosine
 from .trainer import TrainedSAE, train_saes
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "SAEMetrics",
     "LatentStats",
     "LatentSummary",
+    "nearest_by_decoder_cosine",
     "save_gemma_scope_npz",
     "load_gemma_scope_npz",
     "save_saelens",

@@ -18,6 +18,7 @@ TRAIN_LOG = "train_log.parquet"
 #: inside a latents_dir: one row per latent, and the top-k activating contexts of every latent
 LATENT_STATS = "stats.parquet"
 LATENT_CONTEXTS = "contexts.parquet"
+LATENT_SPLITTING = "splitting.parquet"
 
 
 def site_layer(site: str, layer: int) -> str:
@@ -52,6 +53,12 @@ def checkpoint(site: str, layer: int) -> str:
 
 def eval_table(site: str, layer: int) -> str:
     return f"evals/{site_layer(site, layer)}.parquet"
+
+
+def latent_splitting(site: str, layer: int) -> str:
+    """Feature splitting of a (site, layer): each latent of a wider SAE and its nearest latent, by decoder
+    cosine, of the next narrower SAE of the same architecture and sparsity setting."""
+    return f"latents/{site_layer(site, layer)}/{LATENT_SPLITTING}"
 
 
 def latents_dir(site: str, layer: int, width: int, setting: str) -> str:

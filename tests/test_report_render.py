@@ -219,10 +219,35 @@ def test_architecture_comparison_when_baselines_are_trained(tmp_path):
     assert not (tmp_path / "one" / "architectures_l0_vs_fidelity.png").exists()
 
 
+def _splitting_rows(site: str = "res", layer: int = 1) -> list[dict]:
+    """Width 8 -> 16 at one setting: narrow latent 3 has wide latents 0, 5 and 9 at cosine >= 0.7, latent 1
+    has 2 and 4, the rest are far."""
+    close = {0: (3, 0.95), 5: (3, 0.8), 9: (3, 0.72), 2: (1, 0.9), 4: (1, 0.75)}
+    return [{"site": site, "layer": layer, "architecture": "jumprelu", "setting": "lambda_0.001", "narrow_width": 8,
+             "wide_width": 16, "wide_latent": w, "narrow_latent": close.get(w, (w % 8, 0.3))[0],
+             "cosine": close.get(w, (0, 0.3))[1]} for w in range(16)]
+
+
+def test_feature_splitting_plot_and_examples_link_into_the_latent_browser(tmp_path):
+    rows, logs = synthetic_suite(sites=("res",), layers=(1,), widths=(512,), lambdas=(0.001,), log_points=3)
+    render_report(rows, logs, tmp_path, title="split", suite_info={}, splitting=_splitting_rows())
+    assert (tmp_path / "feature_splitting.png").read_bytes()[:8] == PNG_MAGIC
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "Feature splitting across widths" in page
+    first = page.index('latents.html#sae=res/layer_1/width_8/lambda_0.001&amp;latent=3">3</a>')
+    second = page.index('latents.html#sae=res/layer_1/width_8/lambda_0.001&amp;latent=1">1</a>')
+    assert first < second  # the latent with three splits first
+    assert 'has 3 latents of width 16 at cosine &ge; 0.7: <a href="latents.html#sae=res/layer_1/width_16/' \
+           'lambda_0.001&amp;latent=0">0</a> (0.95)' in page
+    render_report(rows, logs, tmp_path / "none", title="none", suite_info={})  # one width: no section
+    assert "Feature splitting" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8")
+
+
 def test_every_registered_plot_is_drawn_and_shown(tmp_path):
     """Each entry of the plot registry writes its file and the page shows it with its caption."""
     rows, logs = synthetic_suite(sites=("res",), layers=(1, 2), widths=(512,), lambdas=(0.001, 0.01), log_points=3)
-    paths = render_report(rows + with_baselines(rows), logs, tmp_path, title="all plots", suite_info={})
+    paths = render_report(rows + with_baselines(rows), logs, tmp_path, title="all plots", suite_info={},
+                          splitting=_splitting_rows())
     assert [p.name for p in paths] == ["metrics.parquet", *(p.file for p in PLOTS), "index.html"]
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     for plot in PLOTS:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sae import SAEMetrics, TrainConfig, JumpReLUSAE, train_saes
+from sae import SAEMetrics, TrainConfig, JumpReLUSAE, nearest_by_decoder_cosine, train_saes
 from sae.jumprelu import heaviside, jumprelu, jumprelu_and_heaviside
 from sae.metrics import FREQ_HIST_EDGES
 from sae.schedules import lambda_at, lr_at
@@ -478,3 +478,14 @@ def test_metrics_perfect_reconstruction_dead_dense_and_histogram():
     assert hist[edges.index(-3.0)] == 1  # log10(0.002) ~ -2.7
     with pytest.raises(ValueError):
         SAEMetrics().result(torch.zeros(5))
+
+
+def test_nearest_by_decoder_cosine_is_the_argmax_of_all_cosines_in_any_chunking():
+    g = torch.Generator().manual_seed(0)
+    narrow = torch.randn(50, 16, generator=g)
+    wide = torch.cat([narrow[:10] * 3.0, torch.randn(90, 16, generator=g)])  # 10 copies of narrow latents, rescaled
+    full = torch.nn.functional.normalize(wide, dim=1) @ torch.nn.functional.normalize(narrow, dim=1).T
+    for chunk in (7, 4096):
+        idx, cos = nearest_by_decoder_cosine(wide, narrow, chunk=chunk)
+        assert torch.equal(idx, full.argmax(1)) and torch.allclose(cos, full.max(1).values)
+    assert idx[:10].tolist() == list(range(10)) and torch.allclose(cos[:10], torch.ones(10))

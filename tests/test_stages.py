@@ -15,7 +15,7 @@ from flows.prepare import prepare_suite
 from sae import load_gemma_scope_npz, load_saelens
 from sae.metrics import FREQ_HIST_EDGES
 from storage.arrays import read_rows
-from storage.layout import LATENT_CONTEXTS, LATENT_STATS, latents_dir
+from storage.layout import LATENT_CONTEXTS, LATENT_STATS, latent_splitting, latents_dir
 from storage.ledger import Ledger
 from storage.layout import activation_shard as shard_group
 from storage.layout import eval_table as eval_path
@@ -387,6 +387,26 @@ def test_inspect_is_bit_for_bit_repeatable(suite):
     record = Ledger(root).get("inspect", spec.unit)
     assert record.status == "complete" and record.fingerprint == spec.fingerprint
     before = {p: root.read_bytes(p) for p in record.outputs}
-    assert len(before) == 2 * len(cfg.sae.widths) * len(cfg.sae.lambdas)
+    # two files per SAE, and one splitting.parquet for the (site, layer)
+    assert len(before) == 2 * len(cfg.sae.widths) * len(cfg.sae.lambdas) + 1
     run_unit(cfg, spec, root)
     assert {p: root.read_bytes(p) for p in record.outputs} == before
+
+
+def test_feature_splitting_is_each_wide_latents_nearest_narrow_latent_by_decoder_cosine(suite):
+    cfg, prepared, _ = suite
+    root = prepared.root
+    table = pq.read_table(io.BytesIO(root.read_bytes(latent_splitting("mlp", 2)))).to_pylist()
+    (w1, w2), want_rows = sorted(cfg.sae.widths), 0
+    for lam in cfg.sae.lambdas:
+        slug = SweepPoint("jumprelu", w1, lam).slug
+        dec = {w: load_gemma_scope_npz(root.path(sae_dir("mlp", 2, SweepPoint("jumprelu", w, lam)), "params.npz")).W_dec
+               for w in (w1, w2)}
+        cos = F.normalize(dec[w2], dim=1) @ F.normalize(dec[w1], dim=1).T
+        rows = [r for r in table if r["setting"] == slug]
+        assert [r["wide_latent"] for r in rows] == list(range(w2))
+        assert all(r["narrow_width"] == w1 and r["wide_width"] == w2 and r["architecture"] == "jumprelu" for r in rows)
+        assert [r["narrow_latent"] for r in rows] == cos.argmax(1).tolist()
+        np.testing.assert_allclose([r["cosine"] for r in rows], cos.max(1).values.detach().numpy(), rtol=1e-5)
+        want_rows += w2
+    assert len(table) == want_rows

@@ -16,6 +16,7 @@ from .formatting import (HTML_EXTRA_SPEC, NA, TABLE_SPEC, arch_display_name, arc
                          format_table_rows, is_missing, sites_in, unique_numbers)
 from .palette import site_colors
 from .plots import SECTIONS, ReportData
+from .plots.splitting import SPLIT_COSINE, SPLITTING_FILE, split_examples
 from .schema import JUMPRELU, jumprelu_rows, plain
 
 _ASSETS = resources.files(__package__) / "assets"
@@ -190,7 +191,31 @@ def _figures(data: ReportData) -> str:
         figures = "".join(_figure(p.file, p.caption) for p in shown)
         parts.append(f"<h2>{html.escape(section.heading)}</h2>"
                      + (f'<div class="grid2">{figures}</div>' if section.grid else figures))
+        if any(p.file == SPLITTING_FILE for p in shown):  # its examples, linked into the latent browser
+            parts.append(_splitting_examples(data))
     return "".join(parts)
+
+
+def _latent_link(site: str, layer: int, width: int, setting: str, latent: int) -> str:
+    key = f"{site}/layer_{layer}/width_{width}/{setting}"
+    return f'<a href="latents.html#sae={html.escape(key)}&amp;latent={latent}">{latent}</a>'
+
+
+def _splitting_examples(data: ReportData) -> str:
+    """The narrow latents that split most, each linked into the latent browser with its close wide latents."""
+    examples = split_examples(data.splitting)
+    if not examples:
+        return ""
+    items = []
+    for e in examples:
+        s, layer, setting = e["site"], e["layer"], e["setting"]
+        wide = ", ".join(f"{_latent_link(s, layer, e['wide_width'], setting, w)} ({c:.2f})" for w, c in e["wide"])
+        items.append(f"<li>{html.escape(s)} layer {layer}, {html.escape(setting)}: latent "
+                     f"{_latent_link(s, layer, e['narrow_width'], setting, e['narrow_latent'])} of width "
+                     f"{e['narrow_width']} has {len(e['wide'])} latents of width {e['wide_width']} at cosine "
+                     f"&ge; {SPLIT_COSINE}: {wide}</li>")
+    return ("<p>Narrow latents that split most (links open their top contexts in the latent browser):</p>"
+            f"<ul>{''.join(items)}</ul>")
 
 
 def index_html(data: ReportData, title: str, suite_info: dict) -> str:
@@ -218,6 +243,8 @@ def index_html(data: ReportData, title: str, suite_info: dict) -> str:
 <h2>All SAEs</h2>
 {legend}
 {_metrics_html_table(rows)}
+<p><a href="latents.html">The latent browser</a>: every inspected SAE's latents, their top contexts and
+output tokens.</p>
 </main>
 <script>
 {_JS}</script>

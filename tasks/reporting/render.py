@@ -13,12 +13,14 @@ from .schema import metrics_table, plain_record, with_defaults
 
 
 def render_report(rows: list[dict], train_logs: list[dict], out_dir: pathlib.Path, *, title: str,
-                  suite_info: dict) -> list[pathlib.Path]:
-    """Write metrics.parquet, the plots and index.html into out_dir; index.html last, once what it links exists."""
+                  suite_info: dict, splitting: list[dict] = ()) -> list[pathlib.Path]:
+    """Write metrics.parquet, the plots and index.html into out_dir; index.html last, once what it links exists.
+    `splitting`: the inspect stage's feature-splitting rows, each with its site and layer."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = ReportData(rows=sorted_rows(with_defaults(plain_record(r)) for r in rows),
-                      train_logs=[plain_record(rec) for rec in train_logs])
+                      train_logs=[plain_record(rec) for rec in train_logs],
+                      splitting=[plain_record(r) for r in splitting])
 
     parquet_path = out_dir / "metrics.parquet"
     pq.write_table(metrics_table(data.rows), parquet_path)

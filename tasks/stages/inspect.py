@@ -12,6 +12,8 @@ Per SAE, under `latents/{site}/layer_{L}/width_{W}/{setting}/`:
   and `window_activations`, the latent's activation at each of them (0 at BOS, EOS, padding and outside the
   sequence), which a browser shades the context by. Token ids only: a reader decodes them with the suite's
   tokenizer.
+And per (site, layer), `latents/{site}/layer_{L}/splitting.parquet` where a setting has several widths:
+each wider latent's nearest narrower latent by decoder cosine (feature splitting).
 
 Per batch the model runs once, up to layer L only, and every SAE encodes the site's kept rows; each SAE's
 `sae.LatentStats` keeps k examples per latent, so memory never grows with the held-out set. A second pass
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from sae import LatentStats, LatentSummary, SparseAutoencoder
+from sae import LatentStats, LatentSummary, SparseAutoencoder, SweepPoint, nearest_by_decoder_cosine
 from storage import layout
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
@@ -156,6 +158,28 @@ def contexts_table(summary: LatentSummary, tokens: np.ndarray, window: int) -> p
     })
 
 
+def splitting_table(points: list[SweepPoint], saes: list[SparseAutoencoder]) -> pa.Table | None:
+    """Per (architecture, setting) with several widths, each pair of consecutive widths W1 < W2: every W2
+    latent, its nearest W1 latent by decoder cosine and that cosine. None where no setting has two widths."""
+    groups: dict[tuple[str, str], list[tuple[int, SparseAutoencoder]]] = {}
+    for point, sae in zip(points, saes):
+        groups.setdefault((point.architecture, point.slug), []).append((point.width, sae))
+    parts = []
+    for (arch, setting), members in groups.items():
+        members.sort(key=lambda m: m[0])
+        for (w1, narrow), (w2, wide) in zip(members, members[1:]):
+            nearest, cos = nearest_by_decoder_cosine(wide.W_dec.detach().cpu(), narrow.W_dec.detach().cpu())
+            n = len(nearest)
+            parts.append(pa.table({
+                "architecture": pa.array([arch] * n), "setting": pa.array([setting] * n),
+                "narrow_width": pa.array(np.full(n, w1, dtype=np.int32)),
+                "wide_width": pa.array(np.full(n, w2, dtype=np.int32)),
+                "wide_latent": pa.array(np.arange(n, dtype=np.int32)),
+                "narrow_latent": pa.array(nearest.numpy().astype(np.int32)),
+                "cosine": pa.array(cos.numpy().astype(np.float32))}))
+    return pa.concat_tables(parts) if parts else None
+
+
 def inspect_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRoot) -> UnitResult:
     points, saes, _ = load_sweep_saes(cfg, site, layer, root)
     tokens = load_eval_tokens(cfg, root)
@@ -176,5 +200,9 @@ def inspect_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRo
         write_parquet(root, f"{folder}/{layout.LATENT_CONTEXTS}", table.replace_schema_metadata(meta))
         outputs += [f"{folder}/{layout.LATENT_STATS}", f"{folder}/{layout.LATENT_CONTEXTS}"]
         metrics[folder] = {"n_dead": int((summary.fire_counts == 0).sum()), "n_contexts": table.num_rows}
+    splitting = splitting_table(points, saes)
+    if splitting is not None:
+        write_parquet(root, layout.latent_splitting(site, layer), splitting)
+        outputs.append(layout.latent_splitting(site, layer))
     n_tokens = summaries[0].n_rows if summaries else 0
     return UnitResult(outputs=outputs, metrics={"n_tokens": n_tokens, "saes": metrics})

@@ -48,6 +48,17 @@ def collect_train_logs(root: StorageRoot, rows: list[dict]) -> list[dict]:
     return logs
 
 
+def collect_splitting(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
+    """The inspect stage's feature-splitting rows of every (site, layer) that has them, with site and layer."""
+    rows: list[dict] = []
+    for site, layer in keys:
+        path = layout.latent_splitting(site, layer)
+        if root.exists(path):
+            table = pq.read_table(io.BytesIO(root.read_bytes(path)))
+            rows.extend(dict(r, site=site, layer=layer) for r in table.to_pylist())
+    return rows
+
+
 def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerprint: str,
                  root: StorageRoot) -> UnitResult:
     rows = collect_metrics(root, keys)
@@ -58,7 +69,8 @@ def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerpri
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / layout.REPORT_DIR
         out.mkdir()
-        render_report(rows, logs, out, title=f"scopeflow suite '{cfg.name}'", suite_info=info)
+        render_report(rows, logs, out, title=f"scopeflow suite '{cfg.name}'", suite_info=info,
+                      splitting=collect_splitting(root, keys))
         latents = [load_sae_latents(root, r["site"], r["layer"], r["width"], r["sae_path"].rsplit("/", 1)[1])
                    for r in rows]
         vocab = decode_tokens(load_tokenizer(cfg.model), token_ids(latents))

@@ -14,6 +14,7 @@ from ..formatting import architectures_in
 from ..schema import jumprelu_rows
 from .common import STYLE
 from .health import plot_firing, plot_training
+from .splitting import SPLITTING_FILE, plot_splitting
 from .sweeps import plot_architectures, plot_by_layer, plot_pareto
 
 
@@ -23,6 +24,8 @@ class ReportData:
 
     rows: list[dict]
     train_logs: list[dict]
+    #: the inspect stage's splitting.parquet rows with their site and layer (none without two widths)
+    splitting: list[dict] = ()
 
     @property
     def jumprelu(self) -> list[dict]:
@@ -31,6 +34,10 @@ class ReportData:
 
 def _always(data: ReportData) -> bool:
     return True
+
+
+def _splitting(data: ReportData) -> bool:
+    return bool(data.splitting)
 
 
 def _several_architectures(data: ReportData) -> bool:
@@ -89,6 +96,13 @@ SECTIONS: tuple[Section, ...] = (
              "FVU and delta loss against L0 for every architecture trained on the same data; faint lines join "
              "the sparsity sweep of one (architecture, layer, width).",
              lambda d, p: plot_architectures(d.rows, p), applies=_several_architectures),
+    )),
+    Section("Feature splitting across widths", (
+        Plot(SPLITTING_FILE,
+             "For every latent of a wider SAE, the decoder cosine to its nearest latent of the next narrower SAE "
+             "of the same setting: near 1, the same feature; right of the dashed line, one of the "
+             "splits of a narrow latent; low, new at that width.",
+             lambda d, p: plot_splitting(d.splitting, p), applies=_splitting),
     )),
     Section("Training and latent health", (
         Plot("training_curves.png",
