@@ -71,11 +71,21 @@ def _generator_for(seed: int, width_index: int, sparsity_index: int) -> torch.Ge
     return gen
 
 
+def _point_generator(point: SweepPoint, cfg: TrainConfig) -> torch.Generator:
+    return _generator_for(cfg.seed, cfg.widths.index(point.width),
+                          cfg.sparsities(point.architecture).index(point.sparsity))
+
+
+def initial_sae(point: SweepPoint, d_in: int, cfg: TrainConfig) -> SparseAutoencoder:
+    """The SAE a sweep point's training starts from: what its trained dictionary can be compared with (how
+    far training moved each decoder row)."""
+    return build_sae(point, d_in, cfg, _point_generator(point, cfg))
+
+
 def _new_runs(d_in: int, cfg: TrainConfig, device: torch.device) -> list[_Run]:
     runs = []
     for point in sweep_points(cfg):
-        gen = _generator_for(cfg.seed, cfg.widths.index(point.width), cfg.sparsities(point.architecture).index(
-            point.sparsity))
+        gen = _point_generator(point, cfg)
         sae = build_sae(point, d_in, cfg, gen).to(device)
         opt = torch.optim.Adam(sae.parameters(), lr=lr_at(0, cfg), betas=(cfg.adam_beta1, cfg.adam_beta2),
                                eps=cfg.adam_eps)
