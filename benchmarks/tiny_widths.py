@@ -1,6 +1,8 @@
 """Is the tiny suite's wider SAE worse because it is undertrained? Train the tiny sweep's widths on one
 (site, layer)'s shuffled activations of a finished run under longer schedules, and compare L0 and FVU on
-held-out rows (the array's last 16,384, never trained on). One torch thread, as a train unit runs.
+held-out rows (the array's last 16,384, never trained on), and how far each schedule moves the decoder rows
+from their initialisation (median cosine to the start, `sae.trainer.initial_sae`). One torch thread, as a
+train unit runs.
 
     .venv/bin/python benchmarks/tiny_widths.py runs/tiny --site res --layer 2 \
         --variants '[{}, {"batch_size": 256, "epochs": 4}, {"batch_size": 256, "epochs": 8}]'
@@ -17,7 +19,8 @@ import zarr
 
 from common import REPO, write_json
 from flows.config import load_suite_config
-from sae import train_saes
+from sae import SweepPoint, train_saes
+from sae.trainer import initial_sae
 from storage import layout
 from storage.arrays import DecodedRows
 from storage.root import StorageRoot
@@ -26,14 +29,16 @@ from tasks.stages.train import norm_scale
 HELD_OUT = 16384
 
 
-def held_out_fit(trained, xh: torch.Tensor) -> list[dict]:
+def held_out_fit(trained, xh: torch.Tensor, cfg) -> list[dict]:
     var = (xh - xh.mean(0)).pow(2).sum()
     out = []
     with torch.no_grad():
         for t in trained:
             xhat, f = t.sae(xh)
+            start = initial_sae(SweepPoint(t.architecture, t.width, t.sparsity), xh.shape[1], cfg).W_dec
+            moved = torch.nn.functional.cosine_similarity(t.sae.W_dec, start).median()
             out.append({"width": t.width, "sparsity": t.sparsity, "l0": float((f != 0).sum(1).float().mean()),
-                        "fvu": float((xh - xhat).pow(2).sum() / var)})
+                        "fvu": float((xh - xhat).pow(2).sum() / var), "cos_to_init": float(moved)})
     return out
 
 
@@ -45,6 +50,7 @@ def main() -> None:
     p.add_argument("--layer", type=int, default=2)
     p.add_argument("--variants", default='[{}, {"batch_size": 256, "epochs": 4}, {"batch_size": 256, "epochs": 8}]',
                    help="JSON list of TrainConfig overrides")
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/tiny-widths-{site}-layer{layer}.json")
     args = p.parse_args()
     torch.set_num_threads(1)
     base = load_suite_config(args.config).sae
@@ -58,12 +64,13 @@ def main() -> None:
         t0 = time.perf_counter()
         trained = train_saes(xt, None, cfg, norm_scale=norm_scale(dict(g.attrs)))
         row = {"override": override, "steps": trained[0].steps, "train_s": time.perf_counter() - t0,
-               "saes": held_out_fit(trained, xh)}
+               "saes": held_out_fit(trained, xh, cfg)}
         results.append(row)
         print(json.dumps(override), f"{row['steps']} steps, {row['train_s']:.0f} s:",
-              ", ".join(f"w{s['width']} λ{s['sparsity']:g} L0 {s['l0']:.1f} FVU {s['fvu']:.4f}" for s in row["saes"]),
+              ", ".join(f"w{s['width']} λ{s['sparsity']:g} L0 {s['l0']:.1f} FVU {s['fvu']:.4f} "
+                        f"cos to init {s['cos_to_init']:.3f}" for s in row["saes"]),
               flush=True)
-    write_json(REPO / f"benchmarks/results/tiny-widths-{args.site}-layer{args.layer}.json",
+    write_json(args.out or REPO / f"benchmarks/results/tiny-widths-{args.site}-layer{args.layer}.json",
                {"run": str(args.run), "site": args.site, "layer": args.layer, "held_out_rows": HELD_OUT,
                 "results": results})
 
