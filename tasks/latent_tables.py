@@ -7,6 +7,7 @@ import io
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage import layout
@@ -32,7 +33,7 @@ class SaeLatents:
 
     def contexts_of(self, latent: int) -> list[dict]:
         """Its top contexts, best first."""
-        return [r for r in self.contexts.to_pylist() if r["latent"] == latent]
+        return self.contexts.filter(pc.equal(self.contexts["latent"], latent)).to_pylist()
 
 
 def load_sae_latents(root: StorageRoot, site: str, layer: int, width: int, setting: str) -> SaeLatents:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from collections.abc import Callable, Iterable
 from importlib import resources
 
-from tasks.latent_tables import SaeLatents
+from tasks.latent_tables import SaeLatents, token_ids
+
+from .page import REPORT_CSS
 
 LATENTS_PAGE = "latents.html"
 DATA_DIR = "latents"
@@ -40,24 +43,27 @@ def _script(path: pathlib.Path, target: str, value) -> None:
     path.write_text(f"{target} = {json.dumps(value, separators=(',', ':'))};\n", encoding="utf-8")
 
 
-def write_latent_browser(out_dir: pathlib.Path, saes: list[SaeLatents], vocab: dict[int, str],
-                         title: str) -> list[pathlib.Path]:
-    """The data scripts, then the page (last, once what it loads exists)."""
+def write_latent_browser(out_dir: pathlib.Path, saes: Iterable[SaeLatents],
+                         decode: Callable[[set[int]], dict[int, str]], title: str) -> list[pathlib.Path]:
+    """The data scripts, one SAE at a time (`saes` may load each as it is asked for, so a suite's latents
+    are never all in memory), then the vocabulary `decode` gives for the token ids they name, then the page
+    (last, once what it loads exists)."""
     data = pathlib.Path(out_dir) / DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
-    index, written = [], []
+    index, written, ids, window = [], [], set(), 0
     for n, s in enumerate(saes):
         file = data / f"sae_{n}.js"
         _script(file, f"SCOPEFLOW_LATENTS.data[{json.dumps(s.key)}]", sae_data(s))
         written.append(file)
         index.append({"key": s.key, "site": s.site, "layer": s.layer, "width": s.width, "setting": s.setting,
                       "n_dead": int(sum(s.stats.column("dead").to_pylist())), "file": f"{DATA_DIR}/{file.name}"})
-    window = saes[0].window if saes else 0
+        ids |= token_ids([s])
+        window = s.window
     (data / "index.js").write_text(f"window.SCOPEFLOW_LATENTS = {{saes: {json.dumps(index)}, window: {window}, "
                                    f"data: {{}}, vocab: {{}}}};\n", encoding="utf-8")
-    _script(data / "vocab.js", "SCOPEFLOW_LATENTS.vocab", {str(k): v for k, v in vocab.items()})
+    _script(data / "vocab.js", "SCOPEFLOW_LATENTS.vocab", {str(k): v for k, v in decode(ids).items()})
     page = (_ASSETS / "latents.html").read_text(encoding="utf-8")
-    page = page.replace("__TITLE__", title).replace("__CSS__", (_ASSETS / "report.css").read_text(encoding="utf-8"))
+    page = page.replace("__TITLE__", title).replace("__CSS__", REPORT_CSS)
     page = page.replace("__JS__", (_ASSETS / "latents.js").read_text(encoding="utf-8"))
     (out_dir / LATENTS_PAGE).write_text(page, encoding="utf-8")
     return [*written, data / "index.js", data / "vocab.js", out_dir / LATENTS_PAGE]

@@ -20,7 +20,8 @@ from .plots.splitting import SPLIT_COSINE, SPLITTING_FILE, split_examples
 from .schema import JUMPRELU, jumprelu_rows, plain
 
 _ASSETS = resources.files(__package__) / "assets"
-_CSS = (_ASSETS / "report.css").read_text(encoding="utf-8")
+#: the report's style, which the latent browser shares
+REPORT_CSS = (_ASSETS / "report.css").read_text(encoding="utf-8")
 _JS = (_ASSETS / "sortable.js").read_text(encoding="utf-8")
 
 # Good -> middle -> bad, light enough that dark text stays readable on every cell.
@@ -230,7 +231,7 @@ def index_html(data: ReportData, title: str, suite_info: dict) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <style>
-{_CSS}</style>
+{REPORT_CSS}</style>
 </head>
 <body>
 <main>

@@ -51,29 +51,36 @@ def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult
     return inspect_site_layer(cfg, spec.site, spec.layer, root)
 
 
+def _site_batches(cfg: StagesConfig, site: str, layer: int, tokens: np.ndarray, seqs: np.ndarray):
+    """Per `inspect.batch_size` of the sequences `seqs` (rows of `tokens`): (those rows, the site's
+    activations [b, ctx, d] as the model gives them, the keep mask [b, ctx]), the model run up to layer L
+    once a batch. Both passes of a unit read the site this way."""
+    special = special_token_ids(load_tokenizer(cfg.model))
+    model, device = load_model(cfg.model), pick_device(cfg.model.device)
+    key, capture, bs = (site, layer), ActivationCapture([(site, layer)]), cfg.inspect.batch_size
+    with torch.inference_mode(), site_hooks(model, capture.hooks()):
+        for start in range(0, len(seqs), bs):
+            chunk = seqs[start:start + bs]
+            batch = tokens[chunk]
+            forward_until(model, torch.from_numpy(batch.astype(np.int64)).to(device), layer)
+            yield chunk, capture.values.pop(key), keep_mask(batch, special)
+
+
 def accumulate_latents(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAutoencoder],
                        tokens: np.ndarray) -> list[LatentSummary]:
     """Each SAE's latent statistics and top-k examples over `tokens` (rows of `tokens/eval`); an example's
     row id is seq * ctx + pos."""
-    special = special_token_ids(load_tokenizer(cfg.model))
-    model = load_model(cfg.model)
     device = pick_device(cfg.model.device)
     saes = [sae.to(device).eval() for sae in saes]
     ctx = tokens.shape[1]
     if len(tokens) * ctx > 1 << 32:
         raise ValueError(f"inspect: {len(tokens)} held-out sequences of {ctx} tokens are too many to index")
-    key = (site, layer)
-    capture = ActivationCapture([key])
     stats = [LatentStats(sae.d_sae, cfg.inspect.top_k, device) for sae in saes]
-    bs = cfg.inspect.batch_size
-    with torch.inference_mode(), site_hooks(model, capture.hooks()):
-        for start in range(0, len(tokens), bs):
-            batch = tokens[start:start + bs]
-            forward_until(model, torch.from_numpy(batch.astype(np.int64)).to(device), layer)
-            keep = keep_mask(batch, special)
+    with torch.inference_mode():
+        for chunk, acts, keep in _site_batches(cfg, site, layer, tokens, np.arange(len(tokens))):
             seq, pos = np.nonzero(keep)
-            row_ids = torch.from_numpy((seq + start).astype(np.int64) * ctx + pos).to(device)
-            rows = capture.values.pop(key)[torch.from_numpy(keep).to(device)].float()
+            row_ids = torch.from_numpy(chunk[seq].astype(np.int64) * ctx + pos).to(device)
+            rows = acts[torch.from_numpy(keep).to(device)].float()
             for st, sae in zip(stats, saes):
                 st.update(sae.encode(rows), row_ids)
     return [st.result() for st in stats]
@@ -87,19 +94,10 @@ def window_activations(cfg: StagesConfig, site: str, layer: int, saes: list[Spar
     out = [np.zeros((t.num_rows, 2 * w + 1), dtype=np.float32) for t in contexts]
     by_sae = [{k: t.column(k).to_numpy() for k in ("latent", "seq", "pos")} for t in contexts]
     seqs = np.unique(np.concatenate([c["seq"] for c in by_sae] or [np.zeros(0, np.int32)]))
-    if not len(seqs):
-        return out
-    special = special_token_ids(load_tokenizer(cfg.model))
-    model, device = load_model(cfg.model), pick_device(cfg.model.device)
-    key, offsets = (site, layer), np.arange(-w, w + 1)
-    capture = ActivationCapture([key])
-    bs = cfg.inspect.batch_size
-    with torch.inference_mode(), site_hooks(model, capture.hooks()):
-        for start in range(0, len(seqs), bs):
-            chunk = seqs[start:start + bs]
-            batch = tokens[chunk]
-            forward_until(model, torch.from_numpy(batch.astype(np.int64)).to(device), layer)
-            acts, keep = capture.values.pop(key).float(), keep_mask(batch, special)
+    device, offsets = pick_device(cfg.model.device), np.arange(-w, w + 1)
+    with torch.inference_mode():
+        for chunk, acts, keep in _site_batches(cfg, site, layer, tokens, seqs):
+            acts = acts.float()
             for i, seq in enumerate(chunk):
                 positions = np.arange(ctx)[keep[i]]
                 for sae, c, o in zip(saes, by_sae, out):

@@ -12,7 +12,7 @@ from storage import layout
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
-from tasks.latent_tables import decode_tokens, load_sae_latents, token_ids
+from tasks.latent_tables import decode_tokens, load_sae_latents
 from tasks.lm.model import load_tokenizer
 from tasks.reporting import LATENTS_PAGE, render_report, write_latent_browser
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec, suite_fingerprint
@@ -71,10 +71,11 @@ def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerpri
         out.mkdir()
         render_report(rows, logs, out, title=f"scopeflow suite '{cfg.name}'", suite_info=info,
                       splitting=collect_splitting(root, keys))
-        latents = [load_sae_latents(root, r["site"], r["layer"], r["width"], r["sae_path"].rsplit("/", 1)[1])
-                   for r in rows]
-        vocab = decode_tokens(load_tokenizer(cfg.model), token_ids(latents))
-        write_latent_browser(out, latents, vocab, title=f"scopeflow suite '{cfg.name}': latents")
+        latents = (load_sae_latents(root, r["site"], r["layer"], r["width"], r["sae_path"].rsplit("/", 1)[1])
+                   for r in rows)  # one SAE's latents in memory at a time
+        tokenizer = load_tokenizer(cfg.model)
+        write_latent_browser(out, latents, lambda ids: decode_tokens(tokenizer, ids),
+                             title=f"scopeflow suite '{cfg.name}': latents")
         root.upload_dir(out, layout.REPORT_DIR)
     return UnitResult(outputs=[layout.REPORT_INDEX, layout.REPORT_METRICS, f"{layout.REPORT_DIR}/{LATENTS_PAGE}"],
                       metrics={"n_saes": len(rows)})
