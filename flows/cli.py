@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from flows.config import DEFAULT_CONFIG, ConfigError, SuiteConfig, load_suite_config
 from flows.latents_cli import add_parser as add_latents_parser
 from flows.prepare import open_root, prepare_suite
 from flows.status import lease_line, stage_status
+from flows.terminal import console, err_console, fail
 from infra.prefect_server import prefect_api, start_server, stop_server
 from storage.layout import REPORT_INDEX, import_evals_dir
 from storage.lease import LeaseHeldError
@@ -34,19 +34,12 @@ from tasks.reporting import TABLE_COLUMNS, format_table_rows, sorted_rows
 from tasks.stages.report import collect_metrics
 from tasks.stages.tokenize import n_train_seqs
 
-console = Console()
-err_console = Console(stderr=True)
 
 # Prefect's own lines go to the dashboard and the Prefect logs; the terminal shows our progress bars, tables,
 # and a summary that names each failed unit's cause.
 _QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
 #: their records (tracebacks of failed units and flows among them) reach the API only, not the terminal
 _API_ONLY_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
-
-
-def _fail(message: str, code: int = 2) -> int:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return code
 
 
 def _print_metrics(cfg: SuiteConfig, keys: list[tuple[str, int]]) -> None:
@@ -77,10 +70,10 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
         with console.status("checking config and model (the embedded model is built once, ~2 min)"):
             prepared = prepare_suite(cfg, config_path, write=False, need_write=True)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     holder = current_lease(prepared.root)
     if holder is not None and not holder.is_stale():
-        return _fail(str(LeaseHeldError(prepared.root.url, holder)))
+        return fail(str(LeaseHeldError(prepared.root.url, holder)))
     if holder is not None:
         err_console.print(f"notice: taking over the lease of {holder.holder()} ({holder.stale_reason()})",
                           highlight=False, soft_wrap=True)
@@ -134,7 +127,7 @@ def cmd_rerun(args) -> int:
     try:
         get_stage(args.stage)
     except ValueError as e:
-        return _fail(f"--stage: {e}")
+        return fail(f"--stage: {e}")
     return _execute(args.config, [{"stage": args.stage, "site": args.site, "layer": args.layer, "wave": args.wave,
                                       "shard": args.shard}])
 
@@ -144,7 +137,7 @@ def cmd_status(args) -> int:
         cfg = load_suite_config(args.config)
         rows = stage_status(cfg, args.config)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     # no rules and no edge padding: the table fits an 80-column terminal
     table = Table(title=f"suite '{cfg.name}'", title_justify="left", box=None, pad_edge=False)
     for col in ("stage", "units", "done", "failed", "running", "stale", "pending", "total s", "mean s", "max s"):
@@ -166,9 +159,9 @@ def cmd_report(args) -> int:
         prepared = prepare_suite(cfg, args.config, write=False)
         _print_metrics(cfg, [(s, layer) for s in cfg.sites for layer in prepared.layers])
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     except FileNotFoundError as e:
-        return _fail(f"no evaluations yet ({e}); run `scopeflow run {args.config}` first")
+        return fail(f"no evaluations yet ({e}); run `scopeflow run {args.config}` first")
     return 0
 
 
@@ -196,16 +189,16 @@ def cmd_plan(args) -> int:
         layers = cfg.resolved_layers(shape.n_layers)
         n_train = _n_train_seqs(cfg)
         if n_train is None:
-            return _fail(f"{args.config}: corpus.max_train_seqs is not set and nothing is tokenized yet at "
+            return fail(f"{args.config}: corpus.max_train_seqs is not set and nothing is tokenized yet at "
                          f"{cfg.storage.root}: the plan needs a token count")
         bench = Path(args.throughputs)
         files = [bench / f"{name}-{args.device}.json" for name in ("extract", "train", "shuffle")]
         rates = load_throughputs(*files) if files[0].exists() and files[1].exists() else None
         plan = capacity_plan(cfg, shape, layers, n_train, rates)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     except ValueError as e:
-        return _fail(f"{args.config}: {str(e).splitlines()[0]}")
+        return fail(f"{args.config}: {str(e).splitlines()[0]}")
     console.print(f"[bold]plan for suite '{cfg.name}'[/bold] ({args.config}): {cfg.model.name_or_path} "
                   f"({shape.n_layers} layers, d_model {shape.d_model}; shape from {shape_source})", highlight=False)
     console.print(f"{plan['n_train_seqs']:,} train sequences x {cfg.corpus.ctx} = {plan['tokens']:,} tokens; "
@@ -246,15 +239,15 @@ def cmd_import(args) -> int:
     try:
         cfg = load_suite_config(args.config)
         if args.site not in TL_HOOKS:
-            return _fail(f"--site: unknown site {args.site!r} (one of {', '.join(TL_HOOKS)})")
+            return fail(f"--site: unknown site {args.site!r} (one of {', '.join(TL_HOOKS)})")
         prepared = prepare_suite(cfg, args.config, write=False, need_write=True)
         hf_config = load_config(cfg.model)
         rows = import_release(cfg, args.release, args.site, args.name, prepared.root, site_width(hf_config, args.site),
                               n_layers(hf_config), prepared.model_name)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     except (FileNotFoundError, ValueError) as e:
-        return _fail(str(e).splitlines()[0])
+        return fail(str(e).splitlines()[0])
     table = Table(title=f"'{args.name}' ({args.site}) on suite '{cfg.name}''s model and held-out tokens",
                   title_justify="left")
     for col in ("layer", "width", "average_l0 (release)", "L0", "FVU", "delta loss", "dead"):
@@ -282,7 +275,7 @@ def cmd_server(args) -> int:
     try:
         cfg = load_suite_config(args.config)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     proc, api_url = start_server(Path(cfg.orchestration.prefect_home).resolve(), port=args.port)
     console.print(f"Prefect dashboard: {api_url[:-4]}  (API {api_url}); Ctrl-C stops it", highlight=False)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from flows.config import DEFAULT_CONFIG, ConfigError, load_suite_config
 from flows.prepare import open_root
+from flows.terminal import console, fail
 from sae import sweep_points
 from tasks.latent_tables import SaeLatents, decode_tokens, load_sae_latents, token_ids
 from tasks.lm.model import load_tokenizer
 
-console = Console()
-err_console = Console(stderr=True)
 _LISTED = 30
 
 
@@ -47,7 +45,7 @@ def _print_list(s: SaeLatents, vocab: dict[int, str]) -> None:
 
 
 def _print_latent(s: SaeLatents, latent: int, vocab: dict[int, str]) -> None:
-    r = s.stats.to_pylist()[latent]
+    r = s.stats.slice(latent, 1).to_pylist()[0]
     n_tokens = int(s.stats.schema.metadata[b"n_tokens"])
     console.print(f"[bold]{s.key} latent {latent}[/bold]: frequency {r['frequency']:.4g} ({r['n_firing']} of "
                   f"{n_tokens} tokens)" + ("; dead: it never fired on the held-out tokens" if r["dead"] else
@@ -69,21 +67,16 @@ def cmd_latents(args: argparse.Namespace) -> int:
     try:
         cfg = load_suite_config(args.config)
     except ConfigError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return 2
+        return fail(str(e))
     first = sweep_points(cfg.sae)[0]
     width, setting = args.width or first.width, args.setting or first.slug
     try:
         s = load_sae_latents(open_root(cfg), args.site, args.layer, width, setting)
     except FileNotFoundError:
-        err_console.print(f"[red]error:[/red] no latents of {args.site}/layer_{args.layer}/width_{width}/{setting} "
-                          f"at {cfg.storage.root}: check --site, --layer, --width, --setting, or run "
-                          f"`scopeflow run {args.config}` first", highlight=False, soft_wrap=True)
-        return 2
+        return fail(f"no latents of {args.site}/layer_{args.layer}/width_{width}/{setting} at {cfg.storage.root}: "
+                    f"check --site, --layer, --width, --setting, or run `scopeflow run {args.config}` first")
     if args.latent is not None and not 0 <= args.latent < s.stats.num_rows:
-        err_console.print(f"[red]error:[/red] --latent {args.latent}: the SAE has latents 0-{s.stats.num_rows - 1}",
-                          highlight=False)
-        return 2
+        return fail(f"--latent {args.latent}: the SAE has latents 0-{s.stats.num_rows - 1}")
     vocab = decode_tokens(load_tokenizer(cfg.model), token_ids([s]))
     if args.latent is None:
         _print_list(s, vocab)

@@ -159,16 +159,22 @@ def test_delta_loss_equals_a_hand_written_splice(suite):
     assert row["delta_loss"] > 0
 
 
+def _eval_rows(cfg, prepared):
+    """(site, layer, evaluation row) for every SAE of the suite."""
+    for site in cfg.sites:
+        for layer in prepared.layers:
+            for r in pq.read_table(io.BytesIO(prepared.root.read_bytes(eval_path(site, layer)))).to_pylist():
+                yield site, layer, r
+
+
 def test_eval_rows_and_report(suite):
     cfg, prepared, _ = suite
     root = prepared.root
-    for site in cfg.sites:
-        for layer in prepared.layers:
-            for r in pq.read_table(io.BytesIO(root.read_bytes(eval_path(site, layer)))).to_pylist():
-                assert 0 < r["l0"] <= r["width"]
-                assert 0 <= r["fvu"] < 1.5
-                assert 0 <= r["dead_frac"] <= 1 and 0 <= r["dense_frac"] <= 1
-                assert sum(r["freq_hist"]) + r["n_dead"] == r["width"]  # dead latents are counted apart
+    for _, _, r in _eval_rows(cfg, prepared):
+        assert 0 < r["l0"] <= r["width"]
+        assert 0 <= r["fvu"] < 1.5
+        assert 0 <= r["dead_frac"] <= 1 and 0 <= r["dense_frac"] <= 1
+        assert sum(r["freq_hist"]) + r["n_dead"] == r["width"]  # dead latents are counted apart
     metrics = pq.read_table(root.path("report/metrics.parquet"))
     assert metrics.num_rows == len(cfg.sites) * len(prepared.layers) * len(cfg.sae.widths) * len(cfg.sae.lambdas)
     html = open(root.path("report/index.html")).read()
@@ -313,16 +319,13 @@ def test_inspect_contexts_and_stats_equal_a_direct_computation(suite, site, laye
 
 def test_inspect_frequencies_match_the_evaluate_histogram(suite):
     cfg, prepared, _ = suite
-    root = prepared.root
-    for site in cfg.sites:
-        for layer in prepared.layers:
-            for r in pq.read_table(io.BytesIO(root.read_bytes(eval_path(site, layer)))).to_pylist():
-                stats, _ = _latents(root, site, layer, r["width"], r["lambda"])
-                freq = np.asarray(stats.column("frequency"))
-                assert int(stats.schema.metadata[b"n_tokens"]) == r["n_tokens"]
-                assert int(np.asarray(stats.column("dead")).sum()) == r["n_dead"] == int((freq == 0).sum())
-                log_freq = np.clip(np.log10(freq[freq > 0]), FREQ_HIST_EDGES[0], FREQ_HIST_EDGES[-1])
-                assert np.histogram(log_freq, bins=np.asarray(r["freq_hist_edges"]))[0].tolist() == r["freq_hist"]
+    for site, layer, r in _eval_rows(cfg, prepared):
+        stats, _ = _latents(prepared.root, site, layer, r["width"], r["lambda"])
+        freq = np.asarray(stats.column("frequency"))
+        assert int(stats.schema.metadata[b"n_tokens"]) == r["n_tokens"]
+        assert int(np.asarray(stats.column("dead")).sum()) == r["n_dead"] == int((freq == 0).sum())
+        log_freq = np.clip(np.log10(freq[freq > 0]), FREQ_HIST_EDGES[0], FREQ_HIST_EDGES[-1])
+        assert np.histogram(log_freq, bins=np.asarray(r["freq_hist_edges"]))[0].tolist() == r["freq_hist"]
 
 
 def test_inspect_dead_and_rare_latents(suite):
