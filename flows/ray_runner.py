@@ -6,6 +6,13 @@ by its worker anew (a few tenths of a second a unit here), and every unit was a 
 which Ray dispatches in no particular order: a tiny run had shuffle units (which unlock training) waiting
 behind evaluations until the end. One remote function per shape makes the units of a shape one class, which
 Ray runs in the order the runner submits them.
+
+An upstream future that has already finished when its dependent is submitted (every one, as scopeflow's
+runner submits a unit once its inputs have settled) is handed to the worker as its final Prefect state, not
+as the future: the worker's task engine then has nothing to `ray.get`. Seen in a fresh `make run`: a worker
+blocked for minutes in `ray.get` on the nested ObjectRef of an upstream task that had long completed, so
+the run never ended. Upstream tasks still running are passed as futures and their refs as the remote call's
+arguments, so Ray starts the task only once they are done (prefect-ray does that for parameters only).
 """
 from __future__ import annotations
 
@@ -46,8 +53,28 @@ class ShapedRayTaskRunner(RayTaskRunner):
         context = serialize_context(asset_ctx_kwargs={"task": task, "task_run_id": task_run_id,
                                                       "task_inputs": task_inputs, "copy_to_child_ctx": True})
         parameters, upstream_refs = self._exchange_prefect_for_ray_futures(parameters)
+        wait_for, pending = _settled_upstream(wait_for)
+        upstream_refs += pending
         remote = self._remote(RemoteOptionsContext.get().current_remote_options or {})
         ref = remote.options(name=task.name).remote(*upstream_refs, task=task, task_run_id=task_run_id,
                                                     parameters=parameters, wait_for=wait_for,
                                                     dependencies=dependencies, context=context)
         return PrefectRayFuture(task_run_id=task_run_id, wrapped_future=ref)
+
+
+def _settled_upstream(wait_for: Iterable[Any] | None) -> tuple[list[Any] | None, list[Any]]:
+    """`wait_for` with each finished PrefectRayFuture replaced by its final state (which carries its task
+    run id, so the dashboard still links the two runs), and the Ray refs of those not finished yet."""
+    if wait_for is None:
+        return None, []
+    out, pending = [], []
+    for f in wait_for:
+        if isinstance(f, PrefectRayFuture):
+            ready, _ = ray.wait([f.wrapped_future], timeout=0)
+            if ready:
+                f.wait()
+                out.append(f.state)
+                continue
+            pending.append(f.wrapped_future)
+        out.append(f)
+    return out, pending
