@@ -48,17 +48,22 @@ def server_env(home: Path, api_url: str) -> dict[str, str]:
             "PREFECT_SERVER_UI_API_URL": api_url}
 
 
-def start_server(home: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+def launch_server(home: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    """Start the server and return at once (it is healthy ~10 s later: `wait_healthy`)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     api_url = f"http://{host}:{port}/api"
-    log = home / "server.log"
     env = {**os.environ, **server_env(home, api_url)}
-    with open(log, "ab") as out:
+    with open(home / "server.log", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, api_url
+
+
+def start_server(home: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    proc, api_url = launch_server(home, port, host)
     try:
-        wait_healthy(api_url, timeout=120, proc=proc, log=log)
+        wait_healthy(api_url, timeout=120, proc=proc, log=home / "server.log")
     except BaseException:
         stop_server(proc)
         raise

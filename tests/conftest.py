@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import s3fs
@@ -14,7 +18,7 @@ from moto.server import ThreadedMotoServer
 import ray
 
 from infra.config import OrchestrationConfig
-from infra.prefect_server import free_port, start_server, stop_server
+from infra.prefect_server import free_port, launch_server, stop_server, wait_healthy
 from infra.ray_local import init_ray
 from tasks.lm.embedded import ensure_embedded_assets
 from tests.helpers import S3_KEY_ID, S3_SECRET
@@ -27,10 +31,29 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # by the CPU work at nice 0 beside it (reference runs, units run in a test's own process): seen in CI, a
 # cluster run that takes 34 s alone got nothing done in 300 s. Every Ray instance the tests start inherits this.
 os.environ.setdefault("RAY_worker_niceness", "0")
-# The session's Prefect server listens here. Prefect reads its API URL once, when first imported (test
-# modules import the flows at collection), so the address is fixed now and the server started on it later.
-_PREFECT_PORT = free_port()
-os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
+# One Prefect server for the whole test session, every pytest-xdist worker's runs on it: the controller (or a
+# run without xdist) fixes its address now and starts it (pytest_configure); the workers, which it starts
+# later, inherit the address. Prefect reads its API URL once, when first imported (test modules import the
+# flows at collection), so the address is fixed before any test module is imported.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
+elif "PREFECT_API_URL" not in os.environ:
+    raise RuntimeError("this pytest-xdist worker has no PREFECT_API_URL from its controller's tests/conftest.py")
+_SERVER: dict = {}
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    home = Path(tempfile.mkdtemp(prefix="sf-prefect-"))
+    port = urlparse(os.environ["PREFECT_API_URL"]).port
+    _SERVER.update(home=home, proc=launch_server(home, port)[0])  # healthy by the time a test asks for it
+
+
+def pytest_unconfigure(config):
+    if _SERVER:
+        stop_server(_SERVER["proc"])
+        shutil.rmtree(_SERVER["home"], ignore_errors=True)
 
 
 # The modules whose scenarios take longest, in the order they are handed out: `make test` runs the suite on
@@ -66,20 +89,22 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """One real Prefect server for the session (~10-20 s to start), as `scopeflow run` starts one."""
-    proc, api_url = start_server(tmp_path_factory.mktemp("prefect-home"), port=_PREFECT_PORT)
-    assert api_url == os.environ["PREFECT_API_URL"]
-    yield api_url
-    stop_server(proc)
+def prefect_server():
+    """The session's one real Prefect server (pytest_configure started it), as `scopeflow run` starts one. It
+    holds every test's runs: a test reads its own through its suite's flow run (tests.helpers.suite_task_runs)."""
+    api_url = os.environ["PREFECT_API_URL"]
+    wait_healthy(api_url, timeout=180, proc=_SERVER.get("proc"))
+    return api_url
 
 
 @pytest.fixture(scope="session")
 def ray_session(prefect_server):
     """One local Ray instance for the in-process CLI runs (tests.helpers.cli): its workers stay warm (imports,
-    the loaded model) from run to run, and report to the session's Prefect server."""
+    the loaded model) from run to run, and report to the session's Prefect server. One CPU, so one worker:
+    each pytest worker has an instance, and a second Ray worker per instance cost another ~7 CPU-s of imports
+    on a machine the three already keep busy."""
     ray.shutdown()
-    init_ray(OrchestrationConfig(num_cpus=2))
+    init_ray(OrchestrationConfig(num_cpus=1))
     yield
     ray.shutdown()
 

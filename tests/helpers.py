@@ -63,6 +63,16 @@ def api_post(api_url: str, path: str, body: dict) -> list[dict]:
         return json.loads(r.read())
 
 
+def suite_task_runs(api_url: str, config_path: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """A suite's own flow runs on the session's shared server, whatever other tests run beside it: its
+    `suite:{config}` runs, their `units` subflow runs, and those subflows' task runs (one per unit run)."""
+    suites = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [f"suite:{config_path}"]}}})
+    units = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [r["id"] for r in suites]}}})
+    task_runs = api_post(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in units]}},
+                                                         "limit": 200}) if units else []
+    return suites, units, task_runs
+
+
 def scopeflow(api_url: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI as a user runs it, against the session's Prefect server (`env`: more environment variables)."""
     env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160", **(env or {})}

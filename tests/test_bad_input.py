@@ -29,7 +29,7 @@ from storage.root import StorageRoot
 from tasks.execute import run_unit
 from tasks.lm.corpus import HEAD_BYTES
 from tasks.plan import plan_suite
-from tests.helpers import scopeflow, small_suite_dict, write_config
+from tests.helpers import cli, small_suite_dict, write_config
 
 GOOD_LINE = json.dumps({"text": "Jack: Where is the bottle? Rosa: I keep the box every day."}) + "\n"
 
@@ -302,16 +302,18 @@ def test_is_input_error_sees_through_wrapping():
     assert inner.facts == {"input_error": True, "path": "c.jsonl", "line": 3}
 
 
-# ---- one scenario through the real `scopeflow run`: Prefect, Ray, the failure summary, then status ---------
+# ---- one scenario through `scopeflow run`'s own code: Prefect, Ray, the failure summary, then status ------
 
 @pytest.fixture(scope="module")
-def bad_run(tmp_path_factory, prefect_server, embedded_assets):
+def bad_run(tmp_path_factory, ray_session, embedded_assets):
+    """On the session's warm Ray and Prefect server (tests.helpers.cli): a run whose first unit fails needs no
+    fresh interpreter and Ray instance of its own (signals and processes: tests/test_faults.py)."""
     tmp = tmp_path_factory.mktemp("bad-run")
     (tmp / "late.jsonl").write_bytes(_late(b"{oops\n"))
     cfg = small_suite_dict(tmp, **{"corpus.paths": [str(tmp / "late.jsonl")]})
     cfg["orchestration"]["task_retries"] = 2  # an input error is still tried once only
     path = write_config(tmp / "bad.yaml", cfg)
-    proc = scopeflow(prefect_server, "run", str(path), timeout=600)
+    proc = cli("run", str(path))
     return tmp, path, proc
 
 

@@ -1,15 +1,11 @@
 """`scopeflow plan`: the capacity arithmetic against what a run really writes, and the storage waves."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from flows.config import SuiteConfig, load_suite_config
 from tasks.capacity import KNOWN_CONFIGS, ModelShape, capacity_plan, describe_groups, plan_waves
-from tests.helpers import REPO, small_suite_dict
+from tests.helpers import REPO, cli, small_suite_dict
 
 
 def test_gemma_2_2b_holds_about_350_kb_of_activations_per_token():
@@ -47,9 +43,8 @@ def test_plan_bounds_what_the_tiny_suite_writes(tmp_path, embedded_assets):
 
 @pytest.mark.parametrize("config", ["tiny", "gemma-2-2b", "gemma-2-9b"])
 def test_plan_prints_units_bytes_hours_and_waves(config, embedded_assets):
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "plan", f"configs/{config}.yaml"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200",
-                                                                          "HF_HUB_OFFLINE": "1"})
+    # the CLI's own code in this process (tests.helpers.cli): `plan` starts no Ray and no Prefect
+    out = cli("plan", str(REPO / f"configs/{config}.yaml"), env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     for word in ("extract", "shuffle", "train", "evaluate", "PFLOP", "cpu-hours", "storage waves", "peak activation"):
         assert word in out.stdout

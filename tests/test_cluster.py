@@ -38,7 +38,7 @@ from storage.root import StorageRoot
 from tasks.lm.embedded import EMBEDDED_VERSION, ensure_embedded_assets, publish_embedded_assets
 from tasks.registry import STAGE_NAMES
 from tests.helpers import (REPO, S3_KEY_ID, S3_SECRET, ReferenceRun, api_post, root_files, scopeflow, small_suite_dict,
-                           write_config)
+                           suite_task_runs, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -306,10 +306,13 @@ def test_credentials_are_written_nowhere(clean_run, cluster, s3_endpoint, prefec
     ray_files = [p for p in (cluster.base / "ray").rglob("*") if p.is_file()]  # sockets are not files
     assert any(p.name.startswith("worker-") for p in ray_files), sorted(p.name for p in ray_files)[:20]
     assert not [p for p in ray_files if any(s.encode() in p.read_bytes() for s in secrets)]
-    for path in ("/flow_runs/filter", "/task_runs/filter", "/logs/filter"):
-        seen = str(api_post(prefect_server, path, {"limit": 200}))
-        assert len(seen) > 100 and not any(s in seen for s in secrets), path
-    assert f"s3://{BUCKET_ROOT}" in str(api_post(prefect_server, "/flow_runs/filter", {"limit": 200}))
+    # this run's flow and task runs and their logs, on the session's server that every test's runs share
+    suites, units, task_runs = suite_task_runs(prefect_server, clean_run["path"])
+    flow_ids = [r["id"] for r in suites + units]
+    logs = api_post(prefect_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": flow_ids}}, "limit": 200})
+    for name, seen in (("flow runs", suites + units), ("task runs", task_runs), ("logs", logs)):
+        assert len(str(seen)) > 100 and not any(s in str(seen) for s in secrets), name
+    assert f"s3://{BUCKET_ROOT}" in str(suites + units)
 
 
 def test_credentials_in_the_config_are_refused(tmp_path):

@@ -15,7 +15,7 @@ from tasks.latent_tables import load_sae_latents
 from tasks.lm.model import load_tokenizer
 from tasks.registry import STAGE_NAMES
 from tests.browser import open_page
-from tests.helpers import api_post, changed, cli, end_times, small_suite_dict, write_config
+from tests.helpers import api_post, changed, cli, end_times, small_suite_dict, suite_task_runs, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -68,21 +68,18 @@ def test_first_run_writes_every_output_and_ledger_record(first_run):
 def test_runs_reached_the_prefect_server(first_run, prefect_server):
     """The dashboard shows the suite, its units subflow, every unit as a task run `stage:unit` tagged with its
     stage, and a progress artifact per stage."""
-    flow_runs = api_post(prefect_server, "/flow_runs/filter", {})
-    names = {r["name"] for r in flow_runs}
-    assert "units" in names
     # the session's server holds every test's runs: this one's suite run is named after its config
-    (suite,) = [r for r in flow_runs if r["name"] == f"suite:{first_run[1]}"]
+    (suite,), units, task_runs = suite_task_runs(prefect_server, first_run[1])
     assert suite["state_type"] == "COMPLETED", suite
-    units = [r for r in flow_runs if r["name"] == "units" and r.get("parent_task_run_id")]
-    assert any(r["state_type"] == "COMPLETED" for r in units), units
-    task_runs = api_post(prefect_server, "/task_runs/filter", {"limit": 200})
+    assert [r["name"] for r in units] == ["units"] and units[0]["parent_task_run_id"], units
+    assert units[0]["state_type"] == "COMPLETED", units
     by_name = {r["name"]: r for r in task_runs}
     assert {"extract:shard_00000", "extract:shard_00001", "train:res/layer_0", "evaluate:mlp/layer_2",
             "inspect:att/layer_0", "report:suite"} <= set(by_name)
     for name in ("extract:shard_00000", "train:res/layer_0", "report:suite"):
         assert name.split(":")[0] in by_name[name]["tags"], by_name[name]["tags"]
-    artifacts = api_post(prefect_server, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
+    artifacts = api_post(prefect_server, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]},
+                                                                             "flow_run_id": {"any_": [units[0]["id"]]}}})
     keys = {a["key"] for a in artifacts}
     assert {f"scopeflow-{stage}-progress" for stage in STAGE_NAMES} <= keys, keys
     assert any(a["data"] == 100.0 for a in artifacts if a["key"] == "scopeflow-train-progress"), artifacts

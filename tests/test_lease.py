@@ -35,6 +35,8 @@ from storage.root import StorageRoot
 
 HOST = socket.gethostname()
 BUCKET = "scopeflow-test"
+# a lease held this long outlasts a refusal on a loaded machine; then it goes stale and is taken over
+_HELD_S = 2.0
 
 
 def _s3_root(endpoint: str) -> StorageRoot:
@@ -223,10 +225,11 @@ def test_moto_honours_the_conditional_requests_the_lease_relies_on(s3_endpoint):
 
 def test_without_conditional_requests_s3_falls_back_to_read_check_write(s3_endpoint):
     root = _s3_root(s3_endpoint)
-    first = acquire(root, "r-1", timeout_s=0.3, conditional=False)
+    # a lease that lasts long enough for the refusal on a loaded machine (moto's calls took >0.3 s in CI)
+    first = acquire(root, "r-1", timeout_s=_HELD_S, conditional=False)
     with pytest.raises(LeaseHeldError):
         acquire(root, "r-2", conditional=False)
-    time.sleep(0.4)
+    time.sleep(_HELD_S + 0.1)
     taker = acquire(root, "r-2", conditional=False)
     assert taker.notice.startswith("took over the lease of run r-1")
     with pytest.raises(LeaseLostError):
@@ -240,10 +243,10 @@ def test_a_local_filesystem_without_flock_still_takes_over_and_releases(tmp_path
 
     monkeypatch.setattr(fcntl, "flock", no_flock)  # as on NFS: the rename-aside path decides alone
     root = StorageRoot(str(tmp_path / "run"))
-    first = acquire(root, "r-1", timeout_s=0.3)
+    first = acquire(root, "r-1", timeout_s=_HELD_S)
     with pytest.raises(LeaseHeldError):
         acquire(root, "r-2")
-    time.sleep(0.4)
+    time.sleep(_HELD_S + 0.1)
     taker = acquire(root, "r-2")
     assert taker.notice.startswith("took over the lease of run r-1")
     with pytest.raises(LeaseLostError):

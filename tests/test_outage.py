@@ -11,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -20,7 +21,7 @@ from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tests.faults import (Cli, assert_same_outputs, clean_reference, complete_outputs_read_back, fault_suite,
                           statuses, until)
-from tests.helpers import ReferenceRun, api_post, root_files, write_config
+from tests.helpers import ReferenceRun, root_files, suite_task_runs, write_config
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -39,11 +40,9 @@ def _api_get(api_url: str, path: str) -> list[dict]:
         return json.loads(r.read())
 
 
-def _task_runs(api_url: str, names: set[str], since: float) -> list[dict]:
-    """This run's task runs of those names (created after `since`, a time.time()), with their states."""
-    runs = [r for r in api_post(api_url, "/task_runs/filter", {"task_runs": {"name": {"any_": sorted(names)}},
-                                                                "limit": 200})
-            if _ts(r["created"]) >= since]
+def _task_runs(api_url: str, config_path: Path, names: set[str]) -> list[dict]:
+    """This run's task runs of those names, with their states."""
+    runs = [r for r in suite_task_runs(api_url, config_path)[2] if r["name"] in names]
     for r in runs:
         r["states"] = sorted(_api_get(api_url, f"/task_run_states/?task_run_id={r['id']}"), key=lambda s: s["timestamp"])
     return runs
@@ -73,7 +72,6 @@ def outage(tmp_path_factory, s3_endpoint, prefect_server, reference):
     path = write_config(tmp / "suite.yaml", fault_suite(tmp, url, proxy.url, task_retries=4,
                                                    retry_delay_seconds=[5, 10, 15, 20]))
     direct = StorageRoot(url, {"endpoint_url": s3_endpoint})  # the test's own view, around the proxy
-    since = time.time()
     cli = Cli(tmp, "run", "run", str(path), api_url=prefect_server)
     try:
         until("outage", proxy.triggered.is_set, cli, every=0.05)
@@ -89,8 +87,8 @@ def outage(tmp_path_factory, s3_endpoint, prefect_server, reference):
     direct.fs.invalidate_cache()  # listings the polling cached
     facts = dict(rc=rc, cli=cli, direct=direct, at_outage=at_outage, refused=refused, t_down_wall=t_down_wall,
                  run_s=time.monotonic() - cli.started, outage_s=proxy.ups[0] - t_down, dropped=proxy.dropped,
-                 accepted=proxy.accepted, task_runs=_task_runs(prefect_server, {"tokenize:corpus", "extract:shard_00000",
-                                                                                "extract:shard_00001"}, since))
+                 accepted=proxy.accepted, task_runs=_task_runs(prefect_server, path, {"tokenize:corpus", "extract:shard_00000",
+                                                                                      "extract:shard_00001"}))
     print(f"\noutage: run {facts['run_s']:.1f} s, down {facts['outage_s']:.1f} s, {proxy.dropped} open "
           f"connection(s) reset, ledger at the outage {at_outage}")
     ledger = Ledger(direct)

@@ -21,6 +21,8 @@ _ASSETS = resources.files(__package__) / "assets"
 
 
 def _value(x: float | None, digits: int = 6) -> float | None:
+    if x == 0:  # most of a sparse code's window: skip the formatting (a report wrote ~700k values here)
+        return float(x)  # -0.0 stays -0.0, as formatting keeps it
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(f"{x:.{digits}g}")
 
 

@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers import Gemma2Config, Gemma2ForCausalLM
+import transformers
+from transformers import Gemma2Config
 
 from tasks.lm.embedded.grammar import read_corpus
 from tasks.lm.embedded.spec import BOS_ID, BUILD_SEED, EMBEDDED_VERSION, EOS_ID, PAD_ID, STATS_FILE, TRAIN_CTX
@@ -105,7 +106,9 @@ def train_tiny_gemma2(
 
     with _deterministic_torch(threads):
         torch.manual_seed(seed)
-        model = Gemma2ForCausalLM(tiny_gemma2_config(vocab))
+        # through transformers' lazy module: its modelling code (~3 CPU-s to import) loads only when a model
+        # is built, not in every process that imports the embedded assets' helpers
+        model = transformers.Gemma2ForCausalLM(tiny_gemma2_config(vocab))
         model.train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
