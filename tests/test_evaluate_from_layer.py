@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+import transformers
 
 from flows.config import SuiteConfig
 from sae import JumpReLUSAE, SAEMetrics
@@ -215,12 +215,12 @@ def test_the_evaluate_stage_is_bit_for_bit_repeatable(suite, eval_tokens):
 def _tiny_config(family: str):
     common = dict(vocab_size=97, num_hidden_layers=4)
     if family == "gpt2":
-        return GPT2Config(n_embd=32, n_head=4, n_positions=64, **{"n_layer": 4, "vocab_size": 97})
+        return transformers.GPT2Config(n_embd=32, n_head=4, n_positions=64, **{"n_layer": 4, "vocab_size": 97})
     shapes = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=64, **common)
     if family == "gemma3_text":
-        return Gemma3TextConfig(head_dim=8, sliding_window=8, query_pre_attn_scalar=8, **shapes)
-    return {"llama": LlamaConfig, "qwen2": Qwen2Config}[family](**shapes)
+        return transformers.Gemma3TextConfig(head_dim=8, sliding_window=8, query_pre_attn_scalar=8, **shapes)
+    return {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family](**shapes)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "gpt2"])
@@ -229,7 +229,7 @@ def test_other_families_replay_from_a_middle_layer(family):
     with other masks and position tables (Gemma 3: per-kind rotary tables and sliding windows; GPT-2:
     positional arguments and learnt positions)."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_tiny_config(family), attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_config(_tiny_config(family), attn_implementation="eager").eval()
     tokens = torch.randint(1, 97, (2, 24))
     for site in SITES:
         acts = site_activations(model, tokens, site, 2)

@@ -2,7 +2,7 @@
 Gemma 2, exported with save_saelens, load in SAELens itself as its own classes and encode and decode exactly
 as ours do; SAEs that SAELens saves (inference and training classes) load back with load_saelens.
 
-Skipped when sae-lens is not installed. Importing sae_lens pulls in transformer_lens (several seconds).
+Its tests skip when sae-lens is not installed. Importing sae_lens pulls in transformer_lens (several seconds).
 """
 from __future__ import annotations
 
@@ -11,19 +11,11 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("sae_lens")
-
-from sae_lens import SAE, JumpReLUSAEConfig, JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig  # noqa: E402
-from sae_lens import JumpReLUSAE as LensJumpReLUSAE  # noqa: E402
-from sae_lens import StandardSAE as LensStandardSAE  # noqa: E402
-from sae_lens import TopKSAE as LensTopKSAE  # noqa: E402
-from sae_lens.saes.sae import TrainStepInput  # noqa: E402
-
-from sae import JumpReLUSAE, TrainConfig, load_saelens, save_saelens, train_saes  # noqa: E402
-from tasks.config import ModelConfig  # noqa: E402
-from tasks.lm.embedded import read_corpus  # noqa: E402
-from tasks.lm.model import load_model, load_tokenizer, special_token_ids  # noqa: E402
-from tasks.lm.sites import TL_HOOKS, ActivationCapture, site_hooks  # noqa: E402
+from sae import JumpReLUSAE, TrainConfig, load_saelens, save_saelens, train_saes
+from tasks.config import ModelConfig
+from tasks.lm.embedded import read_corpus
+from tasks.lm.model import load_model, load_tokenizer, special_token_ids
+from tasks.lm.sites import TL_HOOKS, ActivationCapture, site_hooks
 
 LAYER = 1
 HOOK = TL_HOOKS["res"].format(L=LAYER)
@@ -31,7 +23,17 @@ CTX = 64
 WIDTH = 128
 TOPK = 16
 NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-LENS_CLASSES = {"jumprelu": LensJumpReLUSAE, "topk": LensTopKSAE, "relu": LensStandardSAE}
+
+
+@pytest.fixture(scope="module")
+def sl():
+    """sae_lens, imported by the tests that use it only: every pytest worker collects this module, and the
+    import (transformer_lens with it) costs ~5 CPU-s."""
+    return pytest.importorskip("sae_lens")
+
+
+def _lens_classes(sl) -> dict:
+    return {"jumprelu": sl.JumpReLUSAE, "topk": sl.TopKSAE, "relu": sl.StandardSAE}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,11 +113,11 @@ def test_trained_jumprelu_gates_real_activations(acts, trained):
     assert gated.float().mean() > 0.05  # a large share of positive pre-activations sit below threshold
 
 
-def test_saelens_loads_our_jumprelu_export(acts, trained, tmp_path):
+def test_saelens_loads_our_jumprelu_export(sl, acts, trained, tmp_path):
     ours = trained["jumprelu"]
     folder = _save(ours, tmp_path / "jumprelu")
-    lens = SAE.load_from_disk(folder, device="cpu")
-    assert type(lens) is LensJumpReLUSAE
+    lens = sl.SAE.load_from_disk(folder, device="cpu")
+    assert type(lens) is sl.JumpReLUSAE
     assert (lens.cfg.d_in, lens.cfg.d_sae) == (ours.d_in, ours.d_sae) == (acts.shape[1], WIDTH)
     assert lens.cfg.architecture() == "jumprelu"
     assert lens.cfg.apply_b_dec_to_input is False and lens.cfg.normalize_activations == "none"
@@ -129,7 +131,7 @@ def test_saelens_loads_our_jumprelu_export(acts, trained, tmp_path):
     _assert_same_codes(ours, lens, acts)
 
 
-def test_threshold_is_strict_in_both(trained, tmp_path):
+def test_threshold_is_strict_in_both(sl, trained, tmp_path):
     """z == threshold is inactive in both (f = z * H(z - theta), H strict). Real activations never land on a
     threshold exactly, so this is forced: for x = 0 both compute z = b_enc exactly, and half the latents
     get threshold = b_enc; the other half sit just below it and fire."""
@@ -138,7 +140,7 @@ def test_threshold_is_strict_in_both(trained, tmp_path):
     tie = torch.arange(ours.d_sae) % 2 == 0
     threshold = torch.where(tie, b_enc, b_enc - 0.25)
     edited = JumpReLUSAE.from_tensors({**ours.state_tensors(), "b_enc": b_enc, "threshold": threshold})
-    lens = SAE.load_from_disk(_save(edited, tmp_path / "tie"), device="cpu")
+    lens = sl.SAE.load_from_disk(_save(edited, tmp_path / "tie"), device="cpu")
     zero = torch.zeros(3, ours.d_in)
     with torch.no_grad():
         f_ours, f_lens = edited.encode(zero), lens.encode(zero)
@@ -148,11 +150,11 @@ def test_threshold_is_strict_in_both(trained, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_saelens_loads_our_baseline_exports(acts, trained, tmp_path, arch):
+def test_saelens_loads_our_baseline_exports(sl, acts, trained, tmp_path, arch):
     ours = trained[arch]
     folder = _save(ours, tmp_path / arch)
-    lens = SAE.load_from_disk(folder, device="cpu")
-    assert type(lens) is LENS_CLASSES[arch]
+    lens = sl.SAE.load_from_disk(folder, device="cpu")
+    assert type(lens) is _lens_classes(sl)[arch]
     assert (lens.cfg.d_in, lens.cfg.d_sae) == (ours.d_in, ours.d_sae)
     assert lens.cfg.to_dict() == json.loads((folder / "cfg.json").read_text())
     if arch == "topk":
@@ -165,10 +167,10 @@ def test_saelens_loads_our_baseline_exports(acts, trained, tmp_path, arch):
     _assert_same_codes(ours, lens, acts)
 
 
-def test_saelens_saved_jumprelu_loads_with_ours(acts, trained, tmp_path):
+def test_saelens_saved_jumprelu_loads_with_ours(sl, acts, trained, tmp_path):
     """SAE.save_model of the SAE SAELens loaded from our export gives back the same tensors and behaviour."""
     ours = trained["jumprelu"]
-    lens = SAE.load_from_disk(_save(ours, tmp_path / "ours"), device="cpu")
+    lens = sl.SAE.load_from_disk(_save(ours, tmp_path / "ours"), device="cpu")
     lens.save_model(tmp_path / "lens")
     back, cfg = load_saelens(tmp_path / "lens")
     assert isinstance(back, JumpReLUSAE) and back.apply_b_dec_to_input is False
@@ -178,14 +180,14 @@ def test_saelens_saved_jumprelu_loads_with_ours(acts, trained, tmp_path):
     _assert_same_codes(back, lens, acts)
 
 
-def test_native_saelens_jumprelu_with_b_dec_on_input_loads_with_ours(acts, trained, tmp_path):
+def test_native_saelens_jumprelu_with_b_dec_on_input_loads_with_ours(sl, acts, trained, tmp_path):
     """A SAELens-built JumpReLU SAE in its default form (apply_b_dec_to_input=True, the pre-encoder bias
     that our folded releases never have): the same function as our trained SAE, re-expressed with
     b_enc' = b_enc + b_dec @ W_enc and a non-zero b_dec, round-trips through SAELens's own files."""
     ours = trained["jumprelu"]
-    cfg = JumpReLUSAEConfig(d_in=ours.d_in, d_sae=ours.d_sae)
+    cfg = sl.JumpReLUSAEConfig(d_in=ours.d_in, d_sae=ours.d_sae)
     assert cfg.apply_b_dec_to_input is True
-    lens = LensJumpReLUSAE(cfg)
+    lens = sl.JumpReLUSAE(cfg)
     with torch.no_grad():
         for name in ("W_enc", "W_dec", "b_dec", "threshold"):
             getattr(lens, name).copy_(getattr(ours, name))
@@ -197,19 +199,19 @@ def test_native_saelens_jumprelu_with_b_dec_on_input_loads_with_ours(acts, train
     _assert_same_codes(ours, lens, acts)
 
 
-def test_saelens_trained_jumprelu_loads_with_ours(acts, tmp_path):
+def test_saelens_trained_jumprelu_loads_with_ours(sl, acts, tmp_path):
     """A few steps of SAELens's own JumpReLU training (training_forward_pass, its L0 coefficient and
     straight-through threshold gradient) on the real rows; its inference export loads with ours."""
     torch.manual_seed(0)
-    cfg = JumpReLUTrainingSAEConfig(d_in=acts.shape[1], d_sae=64, jumprelu_init_threshold=0.5,
-                                    jumprelu_bandwidth=0.5, l0_coefficient=1e-3, apply_b_dec_to_input=True)
-    sae = JumpReLUTrainingSAE(cfg)
+    cfg = sl.JumpReLUTrainingSAEConfig(d_in=acts.shape[1], d_sae=64, jumprelu_init_threshold=0.5,
+                                       jumprelu_bandwidth=0.5, l0_coefficient=1e-3, apply_b_dec_to_input=True)
+    sae = sl.JumpReLUTrainingSAE(cfg)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     thr0 = sae.threshold.detach().clone()
     for step in range(5):
-        out = sae.training_forward_pass(TrainStepInput(sae_in=acts[:256], coefficients={"l0": cfg.l0_coefficient},
-                                                       dead_neuron_mask=None, n_training_steps=step,
-                                                       is_logging_step=False))
+        step_input = sl.saes.sae.TrainStepInput(sae_in=acts[:256], coefficients={"l0": cfg.l0_coefficient},
+                                                dead_neuron_mask=None, n_training_steps=step, is_logging_step=False)
+        out = sae.training_forward_pass(step_input)
         assert set(out.losses) == {"mse_loss", "l0_loss"}
         opt.zero_grad()
         out.loss.backward()
@@ -219,15 +221,15 @@ def test_saelens_trained_jumprelu_loads_with_ours(acts, tmp_path):
     back, saved_cfg = load_saelens(tmp_path / "trained")
     assert saved_cfg["metadata"]["training_architecture"] == "jumprelu"
     assert back.apply_b_dec_to_input is True
-    lens = SAE.load_from_disk(tmp_path / "trained", device="cpu")
-    assert type(lens) is LensJumpReLUSAE
+    lens = sl.SAE.load_from_disk(tmp_path / "trained", device="cpu")
+    assert type(lens) is sl.JumpReLUSAE
     with torch.no_grad():
         active = lens.encode(acts) != 0
     assert 0 < active.float().mean() < 1
     _assert_same_codes(back, lens, acts)
 
 
-def test_topk_with_decoder_norm_rescaling_loads_with_ours(acts, trained, tmp_path):
+def test_topk_with_decoder_norm_rescaling_loads_with_ours(sl, acts, trained, tmp_path):
     """SAELens's TopK training default, rescale_acts_by_decoder_norm, encodes with z * ||W_dec_i|| and decodes
     with f / ||W_dec_i||; our loader folds the norms into the weights and reconstructs the same x_hat."""
     folder = _save(trained["topk"], tmp_path / "topk")
@@ -238,7 +240,7 @@ def test_topk_with_decoder_norm_rescaling_loads_with_ours(acts, trained, tmp_pat
     gen = torch.Generator().manual_seed(0)
     tensors["W_dec"] = tensors["W_dec"] * (0.5 + torch.rand(tensors["W_dec"].shape[0], 1, generator=gen))
     save_file(tensors, str(folder / "sae_weights.safetensors"))
-    lens = SAE.load_from_disk(folder, device="cpu")
+    lens = sl.SAE.load_from_disk(folder, device="cpu")
     assert lens.cfg.rescale_acts_by_decoder_norm is True
     ours, _ = load_saelens(folder)
     assert torch.allclose(ours.W_dec.norm(dim=1), torch.ones(ours.d_sae), atol=1e-5)
