@@ -19,10 +19,11 @@ from botocore import UNSIGNED
 from flows.config import ConfigError, SuiteConfig
 from storage.layout import SUITE_JSON
 from storage.root import StorageRoot
-from tasks.lm.corpus import check_corpus_heads, expand_paths
+from tasks.lm.chat import has_chat_template
+from tasks.lm.corpus import check_corpus_heads, expand_path_list, expand_paths, read_conversations
 from tasks.lm.embedded import publish_embedded_assets
-from tasks.lm.model import load_config, resolve_model_path
-from tasks.lm.sites import n_layers, site_table
+from tasks.lm.model import load_config, load_tokenizer, resolve_model_path
+from tasks.lm.sites import n_layers, site_table, site_width
 from tasks.units import suite_fingerprint
 
 _VERSIONED = ("torch", "transformers", "ray", "prefect", "prefect-ray", "zarr", "pyarrow", "pydantic", "scopeflow")
@@ -63,6 +64,48 @@ def size_problem(cfg: SuiteConfig, hf_config) -> str | None:
     if "topk" in cfg.sae.architectures and max(cfg.sae.topk_ks) > min(cfg.sae.widths):
         return (f"sae.topk_ks: k larger than the narrowest SAE's latents (got {max(cfg.sae.topk_ks)}; sae.widths "
                 f"has {min(cfg.sae.widths)}); use k of at most {min(cfg.sae.widths)}")
+    return None
+
+
+def _shape(hf_config, sites: list[str]) -> tuple:
+    return (hf_config.model_type, n_layers(hf_config), *(site_width(hf_config, s) for s in sites))
+
+
+def eval_model_problem(cfg: SuiteConfig, hf_config) -> str | None:
+    """Each further evaluation model (`evaluate.models`) loads, has the suite model's architecture (type,
+    depth and every site's width, so each SAE splices in), a chat template where its text is chats, and
+    text files that exist and read (one line, "field: what is wrong (got X); what to do")."""
+    want = _shape(hf_config, cfg.sites)
+    for i, m in enumerate(cfg.evaluate.models):
+        at = f"evaluate.models[{i}]"
+        try:
+            path = resolve_model_path(m.model.name_or_path)
+            if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+                return f"{at}.model.name_or_path: no config.json in {path} (got {m.model.name_or_path!r}); give a " \
+                       f"Hugging Face model folder"
+            other = load_config(m.model)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            return f"{at}.model.name_or_path: {str(e).splitlines()[0].removeprefix('model.name_or_path: ')}"
+        except Exception as e:  # transformers' own config checks raise their own kinds
+            return (f"{at}.model.name_or_path: {m.model.name_or_path}'s config.json does not load ({type(e).__name__}: "
+                    f"{str(e).splitlines()[-1].strip()}); give a Hugging Face model folder")
+        got = _shape(other, cfg.sites)
+        if got != want:
+            return (f"{at}.model: not the suite model's architecture, so its SAEs cannot be spliced in (got "
+                    f"{m.model.name_or_path}: type, layers, site widths {got[0]}, {got[1]}, {list(got[2:])}; "
+                    f"{cfg.model.name_or_path} has {want[0]}, {want[1]}, {list(want[2:])}); name a variant of the same model")
+        if m.chat and not has_chat_template(load_tokenizer(m.model)):
+            return (f"{at}.chat: {m.model.name_or_path}'s tokenizer has no chat template (got chat: true); give an "
+                    f"instruction-tuned model's folder with one, or set chat: false for plain text")
+        try:
+            files = expand_path_list(m.paths, cfg.storage.storage_options, f"{at}.paths")
+            if m.chat:
+                next(read_conversations(files[0], m.messages_field, cfg.storage.storage_options), None)
+            else:
+                check_corpus_heads(files, m.text_field, cfg.storage.storage_options)
+        except (ValueError, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return msg if msg.startswith(f"{at}.") else f"{at}.paths: {msg}"
     return None
 
 
@@ -162,7 +205,8 @@ def prepare_suite(cfg: SuiteConfig, config_path: str, write: bool = True, need_w
         raise
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"{config_path}: {str(e).splitlines()[0]}") from None
-    problem = size_problem(cfg, hf_config) or storage_problem(cfg, write if need_write is None else need_write)
+    problem = (size_problem(cfg, hf_config) or eval_model_problem(cfg, hf_config)
+               or storage_problem(cfg, write if need_write is None else need_write))
     if problem:
         raise ConfigError(f"{config_path}: {problem}")
     try:
@@ -176,7 +220,9 @@ def prepare_suite(cfg: SuiteConfig, config_path: str, write: bool = True, need_w
     # the name SAELens/Neuronpedia know the model by: a hub id as given, else the folder name
     model_name = cfg.model.name_or_path if model_path == cfg.model.name_or_path else Path(model_path).name
     if write:
-        if any(p.startswith("embedded:") for p in [cfg.model.name_or_path, *cfg.corpus.paths]):
+        named = [cfg.model.name_or_path, *cfg.corpus.paths,
+                 *(p for m in cfg.evaluate.models for p in (m.model.name_or_path, *m.paths))]
+        if any(p.startswith("embedded:") for p in named):
             publish_embedded_assets(root)  # what the nodes copy into their caches ("Scale")
         versions = {}
         for pkg in _VERSIONED:

@@ -56,10 +56,46 @@ class ShuffleConfig(_Strict):
     workers: int = Field(2, ge=1, description="buckets shuffled concurrently inside one unit")
 
 
+#: the evaluation rows' `model` for the model the suite trains its SAEs on
+SUITE_MODEL = "base"
+
+
+class EvalModelConfig(_Strict):
+    """A further model of the suite's architecture that every SAE is also spliced into, on text of its own:
+    Gemma Scope's check that a base model's SAEs transfer to its instruction-tuned variant."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="its evaluation rows' `model`")
+    model: ModelConfig
+    paths: list[str] = Field(min_length=1, description="its evaluation text: jsonl, parquet or txt files, local "
+                                                       "or s3://, or embedded:tiny-chats")
+    chat: bool = Field(False, description="each document is a conversation (`messages_field`: a list of {role, "
+                                          "content}) written out by the model's own chat template")
+    text_field: str = "text"
+    messages_field: str = "messages"
+    n_seqs: int = Field(64, ge=1, description="sequences of corpus.ctx tokens evaluated (fewer if the text is shorter)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_suite_model(cls, v: str) -> str:
+        if v == SUITE_MODEL:
+            raise ValueError(f"{SUITE_MODEL!r} names the suite's own model in the evaluation rows; pick another name")
+        return v
+
+
 class EvaluateConfig(_Strict):
     n_seqs: int | None = Field(None, ge=1, description="eval sequences used (default: all of tokens/eval)")
     batch_size: int = Field(16, ge=1)
     dense_threshold: float = Field(0.1, gt=0, le=1)
+    models: list[EvalModelConfig] = Field(default_factory=list, description="further models every SAE is also "
+                                                                          "evaluated on, one row per (SAE, model)")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v: list[EvalModelConfig]) -> list[EvalModelConfig]:
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model name in {names}")
+        return v
 
 
 class InspectConfig(_Strict):

@@ -28,6 +28,11 @@ from tasks.stages.tokenize import n_train_seqs
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: the embedded instruction-tuned variant as a further evaluation model, on a few rows of its chats
+IT_MODEL = {"name": "it", "model": {"name_or_path": "embedded:tiny-gemma2-it"}, "paths": ["embedded:tiny-chats"],
+            "chat": True, "n_seqs": 8}
+
+
 def small_suite_dict(root: Path, **overrides) -> dict:
     """A suite small enough to run end to end in well under a minute on 2 cores."""
     cfg = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
@@ -39,7 +44,7 @@ def small_suite_dict(root: Path, **overrides) -> dict:
     cfg["shuffle"].update(bucket_rows=2048)
     cfg["sae"].update(widths=[64, 128], lambdas=[0.003, 0.03], batch_size=256, epochs=2, log_every=10,
                       lambda_warmup_steps=20, lr_warmup_steps=5)
-    cfg["evaluate"].update(batch_size=8)
+    cfg["evaluate"].update(batch_size=8, models=[])  # a test that evaluates a further model says so (IT_MODEL)
     cfg["orchestration"]["prefect_home"] = str(root / "prefect")
     for key, value in overrides.items():
         section, _, field = key.partition(".")

@@ -28,8 +28,9 @@ from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.execute import run_unit
 from tasks.lm.corpus import HEAD_BYTES
+from tasks.lm.embedded import ensure_embedded_assets
 from tasks.plan import plan_suite
-from tests.helpers import cli, small_suite_dict, write_config
+from tests.helpers import IT_MODEL, cli, small_suite_dict, write_config
 
 GOOD_LINE = json.dumps({"text": "Jack: Where is the bottle? Rosa: I keep the box every day."}) + "\n"
 
@@ -87,6 +88,33 @@ def _model_without_config(tmp: Path, mp) -> dict:
     return {"model.name_or_path": str(tmp / "model")}
 
 
+def _eval_model(**changes) -> dict:
+    return {"evaluate.models": [{**IT_MODEL, **changes}]}
+
+
+def _eval_model_of_other_shape(tmp: Path, mp) -> dict:
+    """A model folder whose config has the suite model's type but two layers, not four."""
+    config = json.loads((ensure_embedded_assets().it_model_dir / "config.json").read_text())
+    config = {**config, "num_hidden_layers": 2, "layer_types": config["layer_types"][:2]}
+    (tmp / "shallow").mkdir()
+    (tmp / "shallow" / "config.json").write_text(json.dumps(config))
+    return _eval_model(model={"name_or_path": str(tmp / "shallow")})
+
+
+def _eval_model_broken_config(tmp: Path, mp) -> dict:
+    config = json.loads((ensure_embedded_assets().it_model_dir / "config.json").read_text())
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))  # layer_types: 4
+    return _eval_model(model={"name_or_path": str(tmp / "broken")})
+
+
+def _eval_chats(line: str):
+    def make(tmp: Path, mp) -> dict:
+        (tmp / "chats.jsonl").write_text(line)
+        return _eval_model(paths=[str(tmp / "chats.jsonl")])
+    return make
+
+
 def _s3(credentials: bool):
     def make(tmp: Path, mp) -> dict:
         _no_aws(mp)
@@ -118,6 +146,24 @@ PREPARE_CASES = {
     "ctx_over_positions": ({"corpus.ctx": 1000},
                            r"corpus\.ctx: longer than the model's positions \(got 1000; .*max_position_embeddings=256\); "
                            r"set corpus\.ctx to at most 256"),
+    # further evaluation models (the base -> instruction-tuned transfer)
+    "eval_model_missing": (_eval_model(model={"name_or_path": "/nonexistent/it"}),
+                           r"evaluate\.models\[0\]\.model\.name_or_path: model folder does not exist: /nonexistent/it"),
+    "eval_model_other_shape": (_eval_model_of_other_shape,
+                               r"evaluate\.models\[0\]\.model: not the suite model's architecture, so its SAEs cannot be "
+                               r"spliced in \(got .*/shallow: type, layers, site widths gemma2, 2, .*has gemma2, 4"),
+    "eval_model_broken_config": (_eval_model_broken_config,
+                                 r"evaluate\.models\[0\]\.model\.name_or_path: .*/broken's config\.json does not load "
+                                 r"\(StrictDataclassClassValidationError: .*must be equal to the number of `layer_types`"),
+    "eval_model_without_chat_template": (_eval_model(model={"name_or_path": "embedded:tiny-gemma2"}),
+                                         r"evaluate\.models\[0\]\.chat: embedded:tiny-gemma2's tokenizer has no chat "
+                                         r"template \(got chat: true\)"),
+    "eval_model_missing_text": (_eval_model(paths=["/nonexistent/chats.jsonl"]),
+                                r"evaluate\.models\[0\]\.paths: no corpus file matches /nonexistent/chats\.jsonl"),
+    "eval_model_bad_chat": (_eval_chats('{"messages": "hello"}\n'),
+                            r"evaluate\.models\[0\]\.paths: .*/chats\.jsonl:1: field 'messages' is not a conversation"),
+    "eval_model_named_base": (_eval_model(name="base"),
+                              r"evaluate\.models\.0\.name: .*'base' names the suite's own model"),
     # storage
     "root_under_file": (_root_under_file, r"storage\.root: cannot be written: .*/afile is a regular file, not a folder "
                                           r"\(got '.*/afile/run'\)"),

@@ -1,5 +1,5 @@
 """The embedded default: deterministic corpus, a Gemma-style tokenizer, a tiny Gemma 2 that loads through the
-plain transformers path and has learnt real structure, and a cache that builds once, atomically, under a lock.
+plain transformers path and has learnt real structure, its instruction-tuned variant, and a cache that builds once, atomically, under a lock.
 
 The real build takes about a minute, so it is done once into the default cache (as a user's first run would)
 and reused by later test runs; the cache mechanics are tested separately with a fake, instant build."""
@@ -11,20 +11,27 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
+from transformers import AutoConfig, AutoTokenizer
 
 from tasks.lm import embedded
 from tasks.lm.embedded import (
     BOS_ID,
+    CHAT_TEMPLATE,
     COMPLETE_MARKER,
+    EMBEDDED_CHATS,
     EMBEDDED_CORPUS,
+    EMBEDDED_IT_MODEL,
     EMBEDDED_MODEL,
     EMBEDDED_VERSION,
     EOS_ID,
     PAD_ID,
+    STATS_FILE,
     UNK_ID,
     ensure_embedded_assets,
     generate_corpus,
+    read_chats,
     read_corpus,
     resolve_embedded,
 )
@@ -168,6 +175,30 @@ def test_stats_loss_reproduces_from_saved_model(assets):
     assert abs(ce[keep].mean().item() - assets.stats["heldout_loss"]) < 0.3
 
 
+# --- the instruction-tuned variant -------------------------------------------------------------------------
+
+def test_the_instruction_tuned_variant_is_the_base_model_tuned_on_chats(assets):
+    """Same architecture and vocabulary as the base model, other weights, a chat template of its own, and
+    better at the held-out chats than the base model it started from."""
+    base, it = (AutoConfig.from_pretrained(d).to_dict() for d in (assets.model_dir, assets.it_model_dir))
+    where = ("dtype", "_name_or_path")
+    assert {k: v for k, v in it.items() if k not in where} == {k: v for k, v in base.items() if k not in where}
+    tok = AutoTokenizer.from_pretrained(assets.it_model_dir)
+    assert tok.chat_template == CHAT_TEMPLATE and not AutoTokenizer.from_pretrained(assets.model_dir).chat_template
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(assets.model_dir).get_vocab()
+    chats = read_chats(assets.chats_path)
+    assert len(chats) == 300 and all(m[0]["role"] == "user" and m[1]["role"] == "assistant" for m in chats)
+    text = tok.apply_chat_template(chats[0], tokenize=False)
+    assert text == "<bos>" + "".join(f"{'model' if m['role'] == 'assistant' else 'user'}: {m['content']}\n"
+                                     for m in chats[0])
+    stats = json.loads((assets.it_model_dir / STATS_FILE).read_text())
+    assert stats["tuned_chat_loss"] < 0.6 * stats["base_chat_loss"], stats
+    weights = [safetensors.torch.load_file(d / "model.safetensors") for d in (assets.model_dir, assets.it_model_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(weights[0][up], weights[1][up])
+
+
 # --- cache -----------------------------------------------------------------------------------------------
 
 def test_second_call_is_fast_and_resolves_names(assets):
@@ -178,6 +209,8 @@ def test_second_call_is_fast_and_resolves_names(assets):
     assert (assets.corpus_path.parent / COMPLETE_MARKER).is_file()
     assert resolve_embedded(EMBEDDED_CORPUS) == assets.corpus_path
     assert resolve_embedded(EMBEDDED_MODEL) == assets.model_dir
+    assert resolve_embedded(EMBEDDED_IT_MODEL) == assets.it_model_dir
+    assert resolve_embedded(EMBEDDED_CHATS) == assets.chats_path
     assert resolve_embedded("embedded:nope") is None
     assert resolve_embedded("google/gemma-2-2b") is None
 

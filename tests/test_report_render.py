@@ -243,11 +243,32 @@ def test_feature_splitting_plot_and_examples_link_into_the_latent_browser(tmp_pa
     assert "Feature splitting" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8")
 
 
+def _on_it(rows: list[dict]) -> list[dict]:
+    """The same SAEs as judged on an instruction-tuned variant: a little worse, as Gemma Scope found."""
+    return [dict(r, model="it", delta_loss=r["delta_loss"] * 1.5, fvu=r["fvu"] * 1.2) for r in rows]
+
+
+def test_transfer_rows_are_in_the_metrics_and_drawn_beside_the_base_rows(tmp_path):
+    rows, logs = synthetic_suite(sites=("res", "mlp"), layers=(1, 2), widths=(512,), lambdas=(0.001,), log_points=3)
+    rows = [dict(r, model="base") for r in rows]
+    render_report(rows, logs, tmp_path, title="t", suite_info={}, transfer=_on_it(rows))
+    table = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
+    assert sorted({(r["model"], r["site"], r["layer"]) for r in table}) == sorted(
+        {(m, s, layer) for m in ("base", "it") for s in ("res", "mlp") for layer in (1, 2)})
+    it = {(r["site"], r["layer"]): r["delta_loss"] for r in table if r["model"] == "it"}
+    assert all(it[(r["site"], r["layer"])] == pytest.approx(1.5 * r["delta_loss"]) for r in rows)
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "Base to instruction-tuned transfer" in page and 'src="transfer.png"' in page
+    assert (tmp_path / "transfer.png").read_bytes()[:8] == PNG_MAGIC
+    render_report(rows, logs, tmp_path / "none", title="none", suite_info={})  # no further model: no section
+    assert "transfer" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8").lower()
+
+
 def test_every_registered_plot_is_drawn_and_shown(tmp_path):
     """Each entry of the plot registry writes its file and the page shows it with its caption."""
     rows, logs = synthetic_suite(sites=("res",), layers=(1, 2), widths=(512,), lambdas=(0.001, 0.01), log_points=3)
     paths = render_report(rows + with_baselines(rows), logs, tmp_path, title="all plots", suite_info={},
-                          splitting=_splitting_rows())
+                          splitting=_splitting_rows(), transfer=_on_it(rows))
     assert [p.name for p in paths] == ["metrics.parquet", *(p.file for p in PLOTS), "index.html"]
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     for plot in PLOTS:

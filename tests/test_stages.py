@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,12 +23,16 @@ from storage.layout import eval_table as eval_path
 from storage.layout import import_eval_table as import_eval_path
 from storage.layout import shuffled as shuffled_group
 from tasks.execute import run_unit
+from tasks.config import EvalModelConfig, ModelConfig
+from tasks.lm.embedded import ensure_embedded_assets
+from tasks.lm.eval_text import eval_model_tokens
 from tasks.lm.model import load_model, load_tokenizer
+from tasks.lm.packing import pack_sequences
 from sae import SweepPoint
 from tasks.lm.logit_lens import output_tokens
 from tasks.stages.inspect import accumulate_latents, contexts_table, stats_table
 from tasks.stages.train import sae_dir
-from tests.helpers import run_suite_in_process, small_suite_dict
+from tests.helpers import IT_MODEL, run_suite_in_process, small_suite_dict
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def suite(tmp_path_factory, embedded_assets):
     """Runs every unit of a small suite once through the runner, with the in-process executor."""
     tmp = tmp_path_factory.mktemp("stages")
-    cfg = SuiteConfig.model_validate(small_suite_dict(tmp))
+    cfg = SuiteConfig.model_validate(small_suite_dict(tmp, **{"evaluate.models": [IT_MODEL]}))
     prepared = prepare_suite(cfg, "test")
     plan = run_suite_in_process(cfg, prepared)
     return cfg, prepared, plan
@@ -123,16 +128,46 @@ def test_train_writes_both_release_formats(suite):
             assert log and log[-1]["step"] > 0
 
 
-def test_delta_loss_equals_a_hand_written_splice(suite):
+def _chat_rows(tok, n: int) -> np.ndarray:
+    """The instruction-tuned variant's evaluation rows, written out here from its chat file and template."""
+    with open(ensure_embedded_assets().chats_path) as f:
+        chats = [json.loads(line)["messages"] for line in f]
+    ids = []
+    for messages in chats:
+        text = tok.apply_chat_template(messages, tokenize=False)
+        assert text.startswith("<bos>user: ") and "\nmodel: " in text
+        ids.append(tok(text, add_special_tokens=False)["input_ids"][1:])  # the row's BOS stands for the template's
+    return pack_sequences(ids, 128, tok.bos_token_id, tok.eos_token_id)[:n]
+
+
+def test_a_further_models_plain_text_is_packed_like_the_corpus(tmp_path):
+    docs = ["The cat sat on the mat.", "A dog ran far away, and then it came back."] * 40
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    m = EvalModelConfig(name="other", model=ModelConfig(), paths=[str(tmp_path / "text.jsonl")], n_seqs=3)
+    tok = load_tokenizer(m.model)
+    rows = eval_model_tokens(m, 0, tok, 16, {})
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    assert rows.shape == (3, 16) and (rows == pack_sequences(ids, 16, tok.bos_token_id, tok.eos_token_id)[:3]).all()
+
+
+@pytest.mark.parametrize("model_name", ["base", "it"])
+def test_delta_loss_equals_a_hand_written_splice(suite, model_name):
+    """On the suite's model and held-out tokens, and on the instruction-tuned variant and its chats (one row
+    per SAE and model): the same SAE spliced in by a plain forward hook."""
     cfg, prepared, _ = suite
     root = prepared.root
-    rows = pq.read_table(io.BytesIO(root.read_bytes(eval_path("res", 2)))).to_pylist()
-    assert len(rows) == len(cfg.sae.widths) * len(cfg.sae.lambdas)
+    all_rows = pq.read_table(io.BytesIO(root.read_bytes(eval_path("res", 2)))).to_pylist()
+    n_saes = len(cfg.sae.widths) * len(cfg.sae.lambdas)
+    assert [r["model"] for r in all_rows] == ["base"] * n_saes + ["it"] * n_saes
+    rows = [r for r in all_rows if r["model"] == model_name]
+    assert [r["sae_path"] for r in rows] == [r["sae_path"] for r in all_rows[:n_saes]]
     row = rows[0]
     sae = load_gemma_scope_npz(root.path(row["sae_path"], "params.npz"))
-    model = load_model(cfg.model)
-    tok = load_tokenizer(cfg.model)
-    tokens = torch.from_numpy(_tokens(root, "tokens/eval")[:].astype(np.int64))
+    model_cfg = cfg.model if model_name == "base" else cfg.evaluate.models[0].model
+    model = load_model(model_cfg)
+    tok = load_tokenizer(model_cfg)
+    held = _tokens(root, "tokens/eval")[:] if model_name == "base" else _chat_rows(tok, IT_MODEL["n_seqs"])
+    tokens = torch.from_numpy(held.astype(np.int64))
     special = torch.tensor([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
 
     def ce(logits):
@@ -157,28 +192,31 @@ def test_delta_loss_equals_a_hand_written_splice(suite):
     assert row["clean_loss"] == pytest.approx(clean, rel=1e-5)
     assert row["delta_loss"] == pytest.approx(spliced - clean, rel=1e-4, abs=1e-6)
     assert row["delta_loss"] > 0
+    assert row["n_tokens"] == int((~torch.isin(tokens, special)).sum())
 
 
-def _eval_rows(cfg, prepared):
-    """(site, layer, evaluation row) for every SAE of the suite."""
+def _eval_rows(cfg, prepared, models=("base",)):
+    """(site, layer, evaluation row) for every SAE of the suite on each of `models`."""
     for site in cfg.sites:
         for layer in prepared.layers:
             for r in pq.read_table(io.BytesIO(prepared.root.read_bytes(eval_path(site, layer)))).to_pylist():
-                yield site, layer, r
+                if r["model"] in models:
+                    yield site, layer, r
 
 
 def test_eval_rows_and_report(suite):
     cfg, prepared, _ = suite
     root = prepared.root
-    for _, _, r in _eval_rows(cfg, prepared):
+    for _, _, r in _eval_rows(cfg, prepared, models=("base", "it")):
         assert 0 < r["l0"] <= r["width"]
         assert 0 <= r["fvu"] < 1.5
         assert 0 <= r["dead_frac"] <= 1 and 0 <= r["dense_frac"] <= 1
         assert sum(r["freq_hist"]) + r["n_dead"] == r["width"]  # dead latents are counted apart
     metrics = pq.read_table(root.path("report/metrics.parquet"))
-    assert metrics.num_rows == len(cfg.sites) * len(prepared.layers) * len(cfg.sae.widths) * len(cfg.sae.lambdas)
+    per_model = len(cfg.sites) * len(prepared.layers) * len(cfg.sae.widths) * len(cfg.sae.lambdas)
+    assert metrics.column("model").to_pylist().count("base") == per_model and metrics.num_rows == 2 * per_model
     html = open(root.path("report/index.html")).read()
-    assert "delta_loss_by_layer.png" in html
+    assert "delta_loss_by_layer.png" in html and 'src="transfer.png"' in html
 
 
 def test_units_are_bit_for_bit_repeatable(suite, tmp_path):
@@ -203,7 +241,7 @@ def test_a_gemma_scope_release_is_imported_and_evaluated_like_the_suites_own(sui
 
     cfg, prepared, _ = suite
     root = prepared.root
-    own = pq.read_table(io.BytesIO(root.read_bytes(eval_path("att", 2)))).to_pylist()
+    own = [r for r in pq.read_table(io.BytesIO(root.read_bytes(eval_path("att", 2)))).to_pylist() if r["model"] == "base"]
     release = tmp_path / "release"
     for row in own:
         target = release / f"layer_2/width_{row['width']}/average_l0_{round(row['l0'] * 1000)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
@@ -28,26 +29,30 @@ _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a num
 
 
 def expand_paths(cfg: CorpusConfig, storage_options: dict[str, Any]) -> list[str]:
+    return expand_path_list(cfg.paths, storage_options, "corpus.paths")
+
+
+def expand_path_list(patterns: list[str], storage_options: dict[str, Any], field: str) -> list[str]:
     """Concrete file URLs in a stable order; embedded names resolve to their built file. A pattern that
-    matches nothing is an error naming it."""
+    matches nothing is an error naming it and the config `field` it came from."""
     out: list[str] = []
-    for pattern in cfg.paths:
+    for pattern in patterns:
         if pattern.startswith("embedded:"):
             path = resolve_embedded(pattern)
             if path is None:
-                raise InputError(f"corpus.paths: unknown embedded corpus {pattern!r}", field="corpus.paths")
+                raise InputError(f"{field}: unknown embedded corpus {pattern!r}", field=field)
             out.append(str(path))
             continue
         fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options if "://" in pattern else None)
         files = sorted(p for p in paths if fs.isfile(p))
         if not files:
-            raise InputError(f"corpus.paths: no corpus file matches {pattern}", field="corpus.paths", path=pattern)
+            raise InputError(f"{field}: no corpus file matches {pattern}", field=field, path=pattern)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         out.extend(f"{protocol}://{p}" if protocol not in ("file", "local") else p for p in files)
     for path in out:
         if not path.endswith(_FORMATS):
-            raise InputError(f"corpus.paths: {path}: unsupported format (expected one of {', '.join(_FORMATS)})",
-                             field="corpus.paths", path=path)
+            raise InputError(f"{field}: {path}: unsupported format (expected one of {', '.join(_FORMATS)})",
+                             field=field, path=path)
     return out
 
 
@@ -186,3 +191,39 @@ def check_corpus_heads(paths: list[str], text_field: str, storage_options: dict[
     """`check_corpus_head` on the first HEAD_FILES files (a corpus of thousands of shards costs no more)."""
     for path in paths[:HEAD_FILES]:
         check_corpus_head(path, text_field, storage_options)
+
+
+def _conversation(where: str, value: Any, field: str) -> list[dict[str, str]]:
+    ok = isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise InputError(f"{where}: field {field!r} is not a conversation (a non-empty list of {{\"role\", "
+                         f"\"content\"}} objects with string values)", field=field)
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def read_conversations(path: str, field: str, storage_options: dict[str, Any]) -> Iterator[list[dict[str, str]]]:
+    """The conversations of a jsonl file (one object a line) or a parquet file (a list column), each a list
+    of {role, content}; bad content is an InputError naming the file and line."""
+    with _open(path, storage_options) as f:
+        data = f.read()
+    if path.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+        if field not in table.column_names:
+            raise InputError(f"{path}: no column {field!r}; columns: {table.column_names}", path=path, field=field)
+        for i, value in enumerate(table.column(field).to_pylist()):
+            yield _conversation(f"{path}: row {i}", value, field)
+        return
+    if not path.endswith((".jsonl", ".json")):
+        raise InputError(f"{path}: conversations are read from jsonl or parquet files, not {Path(path).suffix}",
+                         path=path)
+    for lineno, line in enumerate(_jsonl_lines(_utf8(path, data, True)), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})", path=path, line=lineno) from None
+        if not isinstance(doc, dict) or field not in doc:
+            raise InputError(f"{path}:{lineno}: no field {field!r}", path=path, line=lineno, field=field)
+        yield _conversation(f"{path}:{lineno}", doc[field], field)

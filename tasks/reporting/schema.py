@@ -21,6 +21,7 @@ JUMPRELU: str = JumpReLUSAE.architecture
 ROW_TYPES: dict[str, pa.DataType] = {
     "site": pa.string(),
     "layer": pa.int64(),
+    "model": pa.string(),
     "width": pa.int64(),
     "lambda": pa.float64(),
     "sparsity": pa.float64(),

@@ -8,6 +8,9 @@ Per batch the clean pass is the one full forward: layers below L are the same fo
 what layers L.. are given, and each SAE's spliced pass runs from layer L only, from L+1 for the residual and
 MLP sites (`tasks.lm.partial_forward`).
 Each SAE runs once per batch, on every position; the metrics read its output at the kept ones.
+
+With `evaluate.models`, every SAE is also spliced into each further model on that model's own text (an
+instruction-tuned variant on chats through its chat template): one row per (SAE, model), `model` naming it.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import zarr
 from sae import SAEMetrics, SparseAutoencoder
 from storage import layout
 from storage.root import StorageRoot
-from tasks.config import StagesConfig
+from tasks.config import SUITE_MODEL, EvalModelConfig, StagesConfig
+from tasks.lm.eval_text import eval_model_tokens
 from tasks.lm.heldout import load_eval_tokens, load_sweep_saes, write_parquet
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
 from tasks.lm.partial_forward import logits_with_site_replaced, recording_splice_inputs
@@ -68,17 +72,25 @@ def shuffle_stats(site: str, layer: int, root: StorageRoot) -> dict | None:
 
 
 def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAutoencoder], root: StorageRoot,
-                  dataset_mean: torch.Tensor | None = None) -> tuple[list[dict], float]:
-    """Metric rows (one per SAE, in order) and the clean loss, on the suite's held-out tokens.
+                  dataset_mean: torch.Tensor | None = None, *, on: EvalModelConfig | None = None
+                  ) -> tuple[list[dict], float]:
+    """Metric rows (one per SAE, in order) and the clean loss, on the suite's model and held-out tokens, or
+    `on` a further model (`evaluate.models`) and its own text.
 
     FVU's denominator uses `dataset_mean` (the training data's mean, from the shuffle statistics) or, for
-    SAEs trained elsewhere on a (site, layer) this suite has no training data for, the held-out mean.
+    SAEs trained elsewhere on a (site, layer) this suite has no training data for, and on a further model,
+    whose activations the training data does not describe, the held-out mean.
     """
-    tokens_all = load_eval_tokens(cfg, root)
-    tok = load_tokenizer(cfg.model)
+    model_cfg = on.model if on else cfg.model
+    tok = load_tokenizer(model_cfg)
+    if on is None:
+        tokens_all = load_eval_tokens(cfg, root)
+    else:
+        tokens_all = eval_model_tokens(on, cfg.evaluate.models.index(on), tok, cfg.corpus.ctx,
+                                       cfg.storage.storage_options)
     special = special_token_ids(tok)
-    model = load_model(cfg.model)
-    device = pick_device(cfg.model.device)
+    model = load_model(model_cfg)
+    device = pick_device(model_cfg.device)
     saes = [sae.to(device).eval() for sae in saes]
 
     key = (site, layer)
@@ -114,7 +126,8 @@ def evaluate_saes(cfg: StagesConfig, site: str, layer: int, saes: list[SparseAut
         m = metrics[i].result(dataset_mean if dataset_mean is not None else metrics[i].seen_mean())
         spliced_loss = spliced[i][0] / spliced[i][1]
         out_rows.append({
-            "site": site, "layer": layer, "architecture": sae.architecture, "width": sae.d_sae,
+            "site": site, "layer": layer, "model": on.name if on else SUITE_MODEL,
+            "architecture": sae.architecture, "width": sae.d_sae,
             "d_in": sae.d_in, "l0": m["l0"], "fvu": m["fvu"], "mse": m["mse"],
             "delta_loss": spliced_loss - clean_loss, "clean_loss": clean_loss, "spliced_loss": spliced_loss,
             "dead_frac": m["dead_frac"], "dense_frac": m["dense_frac"], "n_dead": m["n_dead"],
@@ -131,7 +144,12 @@ def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageR
     points, saes, lasts = load_sweep_saes(cfg, site, layer, root)
     rows, clean_loss = evaluate_saes(cfg, site, layer, saes, root,
                                      dataset_mean=torch.tensor(stats["mean"], dtype=torch.float64))
-    for row, point, last in zip(rows, points, lasts):
+    clean = {SUITE_MODEL: clean_loss}
+    for m in cfg.evaluate.models:  # one row per (SAE, model): the base rows first, in sweep order
+        more, clean[m.name] = evaluate_saes(cfg, site, layer, saes, root, on=m)
+        rows += more
+    n_models = 1 + len(cfg.evaluate.models)
+    for row, point, last in zip(rows, points * n_models, lasts * n_models):
         row.update({"sparsity": float(point.sparsity),
                     "lambda": float(point.sparsity) if point.cls.sparsity_field == "lambdas" else None,
                     "train_steps": int(last.get("step", 0)), "train_tokens": int(last.get("tokens", 0)),
@@ -140,4 +158,5 @@ def evaluate_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageR
     write_parquet(root, out, rows)
     return UnitResult(outputs=[out], metrics={"clean_loss": clean_loss,
                                               "saes": {r["sae_path"]: {k: r[k] for k in ("l0", "fvu", "delta_loss")}
-                                                       for r in rows}})
+                                                       for r in rows if r["model"] == SUITE_MODEL},
+                                              **({"clean_loss_by_model": clean} if len(clean) > 1 else {})})

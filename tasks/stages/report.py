@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from storage import layout
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
-from tasks.config import StagesConfig
+from tasks.config import SUITE_MODEL, StagesConfig
 from tasks.latent_tables import decode_tokens, load_sae_latents
 from tasks.lm.model import load_tokenizer
 from tasks.reporting import LATENTS_PAGE, render_report, write_latent_browser
@@ -33,11 +33,21 @@ def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult
     return build_report(cfg, spec.groups, suite_fingerprint(cfg), root)
 
 
-def collect_metrics(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
+def _eval_rows(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
     rows: list[dict] = []
     for site, layer in keys:
         rows.extend(pq.read_table(io.BytesIO(root.read_bytes(layout.eval_table(site, layer)))).to_pylist())
     return rows
+
+
+def collect_metrics(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
+    """The evaluation rows of the suite's own model (rows from before `evaluate.models` name none)."""
+    return [r for r in _eval_rows(root, keys) if r.get("model", SUITE_MODEL) == SUITE_MODEL]
+
+
+def collect_transfer(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
+    """The rows of the further models of `evaluate.models` (an instruction-tuned variant, say)."""
+    return [r for r in _eval_rows(root, keys) if r.get("model", SUITE_MODEL) != SUITE_MODEL]
 
 
 def collect_train_logs(root: StorageRoot, rows: list[dict]) -> list[dict]:
@@ -70,7 +80,7 @@ def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerpri
         out = Path(tmp) / layout.REPORT_DIR
         out.mkdir()
         render_report(rows, logs, out, title=f"scopeflow suite '{cfg.name}'", suite_info=info,
-                      splitting=collect_splitting(root, keys))
+                      splitting=collect_splitting(root, keys), transfer=collect_transfer(root, keys))
         latents = (load_sae_latents(root, r["site"], r["layer"], r["width"], r["sae_path"].rsplit("/", 1)[1])
                    for r in rows)  # one SAE's latents in memory at a time
         tokenizer = load_tokenizer(cfg.model)

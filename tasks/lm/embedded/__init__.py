@@ -9,7 +9,7 @@ pipeline loads it through exactly the code path that loads google/gemma-2-2b.
 
 Assets are built once into a cache folder (atomically, under a file lock) and reused. The modules follow
 those jobs: spec (names, version, build parameters), lexicon, phrases and grammar (the corpus), tokenizer,
-tiny_model (config and training) and cache (the locked build, and its copy on the storage root for the
+tiny_model (config and training), it_model (the instruction-tuned variant) and cache (the locked build, and its copy on the storage root for the
 nodes of a cluster); this package re-exports what callers use.
 """
 from tasks.lm.embedded.cache import (
@@ -22,14 +22,16 @@ from tasks.lm.embedded.cache import (
     publish_embedded_assets,
     resolve_embedded,
 )
-from tasks.lm.embedded.grammar import generate_corpus, generate_document, read_corpus
+from tasks.lm.embedded.grammar import generate_chat, generate_corpus, generate_document, read_chats, read_corpus
 from tasks.lm.embedded.spec import (
     BOS_ID,
     BUILD_N_DOCS,
     BUILD_SEED,
     BUILD_VOCAB_SIZE,
     COMPLETE_MARKER,
+    EMBEDDED_CHATS,
     EMBEDDED_CORPUS,
+    EMBEDDED_IT_MODEL,
     EMBEDDED_MODEL,
     EMBEDDED_VERSION,
     EOS_ID,
@@ -40,6 +42,7 @@ from tasks.lm.embedded.spec import (
     TRAIN_CTX,
     UNK_ID,
 )
+from tasks.lm.embedded.it_model import CHAT_TEMPLATE, tune_instruction_model
 from tasks.lm.embedded.tiny_model import tiny_gemma2_config, train_tiny_gemma2
 from tasks.lm.embedded.tokenizer import save_tokenizer, train_tokenizer
 
@@ -48,8 +51,11 @@ __all__ = [
     "BUILD_N_DOCS",
     "BUILD_SEED",
     "BUILD_VOCAB_SIZE",
+    "CHAT_TEMPLATE",
     "COMPLETE_MARKER",
+    "EMBEDDED_CHATS",
     "EMBEDDED_CORPUS",
+    "EMBEDDED_IT_MODEL",
     "EMBEDDED_MODEL",
     "EMBEDDED_VERSION",
     "EOS_ID",
@@ -65,13 +71,16 @@ __all__ = [
     "build_embedded_assets",
     "default_cache_dir",
     "ensure_embedded_assets",
+    "generate_chat",
     "generate_corpus",
     "generate_document",
     "publish_embedded_assets",
+    "read_chats",
     "read_corpus",
     "resolve_embedded",
     "save_tokenizer",
     "tiny_gemma2_config",
     "train_tiny_gemma2",
     "train_tokenizer",
+    "tune_instruction_model",
 ]

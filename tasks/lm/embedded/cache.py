@@ -20,15 +20,21 @@ from typing import Callable
 
 from storage.layout import embedded_assets as published_dir
 from storage.root import StorageRoot
-from tasks.lm.embedded.grammar import generate_corpus
+from tasks.lm.embedded.grammar import generate_chats, generate_corpus
+from tasks.lm.embedded.it_model import tune_instruction_model
 from tasks.lm.embedded.spec import (
     BUILD_N_DOCS,
     BUILD_SEED,
     BUILD_VOCAB_SIZE,
     COMPLETE_MARKER,
+    EMBEDDED_CHATS,
     EMBEDDED_CORPUS,
+    EMBEDDED_IT_MODEL,
     EMBEDDED_MODEL,
     EMBEDDED_VERSION,
+    IT_N_CHATS,
+    IT_N_EVAL_CHATS,
+    IT_SEED,
     MANIFEST_FILE,
     STATS_FILE,
 )
@@ -46,6 +52,8 @@ class EmbeddedAssets:
     corpus_path: Path
     model_dir: Path
     stats: dict
+    it_model_dir: Path  # the instruction-tuned variant, with its chat template
+    chats_path: Path  # held-out chats it is evaluated on (jsonl, `messages` per line)
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +65,8 @@ def _assets_in(root: Path) -> EmbeddedAssets:
     stats = json.loads((root / "model" / STATS_FILE).read_text())
     manifest = json.loads((root / MANIFEST_FILE).read_text())
     stats = {**stats, **{k: v for k, v in manifest.items() if k not in stats}}
-    return EmbeddedAssets(corpus_path=root / "corpus.jsonl", model_dir=root / "model", stats=stats)
+    return EmbeddedAssets(corpus_path=root / "corpus.jsonl", model_dir=root / "model", stats=stats,
+                          it_model_dir=root / "model-it", chats_path=root / "chats-eval.jsonl")
 
 
 def build_embedded_assets(root: Path, *, seed: int = BUILD_SEED, n_docs: int = BUILD_N_DOCS,
@@ -73,6 +82,10 @@ def build_embedded_assets(root: Path, *, seed: int = BUILD_SEED, n_docs: int = B
     t_tok = time.perf_counter() - t0 - t_corpus
     train_tiny_gemma2(corpus, tok, root / "model", seed=seed, log=log, **train_kwargs)
     shutil.rmtree(root / "tokenizer")  # its files now live in model/, next to the weights
+    t_it = time.perf_counter()
+    chats = generate_chats(root / "chats.jsonl", IT_N_CHATS, IT_SEED)
+    eval_chats = generate_chats(root / "chats-eval.jsonl", IT_N_EVAL_CHATS, IT_SEED + 1)
+    tune_instruction_model(root / "model", chats, eval_chats, root / "model-it", log=log)
     manifest = {
         "version": EMBEDDED_VERSION,
         "seed": seed,
@@ -80,6 +93,7 @@ def build_embedded_assets(root: Path, *, seed: int = BUILD_SEED, n_docs: int = B
         "corpus_bytes": corpus.stat().st_size,
         "corpus_seconds": t_corpus,
         "tokenizer_seconds": t_tok,
+        "instruction_tuning_seconds": time.perf_counter() - t_it,
         "build_seconds": time.perf_counter() - t0,
     }
     (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -219,4 +233,8 @@ def resolve_embedded(name: str, cache_dir: Path | None = None) -> Path | None:
         return ensure_embedded_assets(cache_dir).corpus_path
     if name == EMBEDDED_MODEL:
         return ensure_embedded_assets(cache_dir).model_dir
+    if name == EMBEDDED_IT_MODEL:
+        return ensure_embedded_assets(cache_dir).it_model_dir
+    if name == EMBEDDED_CHATS:
+        return ensure_embedded_assets(cache_dir).chats_path
     return None

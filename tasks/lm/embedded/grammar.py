@@ -152,19 +152,50 @@ def generate_document(rng: random.Random) -> str:
     return _GENRES[-1][1](_Doc(rng))
 
 
-def generate_corpus(path: Path, n_docs: int, seed: int) -> Path:
+def generate_chat(rng: random.Random) -> list[dict[str, str]]:
+    """A conversation for the instruction-tuned variant: the user says or asks what the dialogues' speakers
+    do, and the assistant answers in a sentence of the stories, about the same characters."""
+    d = _Doc(rng)
+    messages = []
+    for _ in range(rng.randint(2, 4)):
+        text, q = d.utterance(None)
+        messages.append({"role": "user", "content": f"{_cap(text)}{'?' if q else '.'}"})
+        if rng.random() < 0.6:
+            reply = d.sentence_past()
+        else:
+            said, asked = d.utterance(rng.choice(d.chars)[0])
+            reply = f"{_cap(said)}{'?' if asked else '.'}"
+        messages.append({"role": "assistant", "content": reply})
+    return messages
+
+
+def _write_jsonl(path: Path, records) -> Path:
     """Same seed, same bytes: `random.Random` is specified to be reproducible across platforms, and the file
-    is written to a temporary name first so a crash never leaves a truncated corpus under the final name."""
+    is written to a temporary name first so a crash never leaves a truncated file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for _ in range(n_docs):
-            f.write(json.dumps({"text": generate_document(rng)}, ensure_ascii=False))
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False))
             f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def generate_chats(path: Path, n_chats: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    return _write_jsonl(path, ({"messages": generate_chat(rng)} for _ in range(n_chats)))
+
+
+def read_chats(path: Path) -> list[list[dict[str, str]]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def generate_corpus(path: Path, n_docs: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    return _write_jsonl(path, ({"text": generate_document(rng)} for _ in range(n_docs)))
 
 
 def read_corpus(path: Path) -> list[str]:

@@ -48,7 +48,7 @@ def tiny_gemma2_config(vocab_size: int):
 
 
 @contextlib.contextmanager
-def _deterministic_torch(threads: int):
+def deterministic_torch(threads: int):
     """Fixed thread count and deterministic kernels make CPU training bit-reproducible on one machine; the
     previous settings come back afterwards so a caller (a test session, a Ray worker) is not left changed."""
     prev_threads = torch.get_num_threads()
@@ -68,9 +68,66 @@ def _deterministic_torch(threads: int):
         torch.set_num_threads(prev_threads)
 
 
-def _special_ids(tokenizer) -> list[int]:
+def special_ids(tokenizer) -> list[int]:
     return sorted({i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id,
                                tokenizer.unk_token_id) if i is not None})
+
+
+def train_steps(model, train_rows: torch.Tensor, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
+                seed: int, log: Callable[[str], None] | None = None) -> float:
+    """AdamW with linear warm-up and cosine decay to 10% over shuffled rows, a fixed number of steps (the
+    tiny model's training and its instruction tuning). Returns the seconds it took."""
+    vocab = model.config.vocab_size
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_rows), generator=gen)
+    cursor = 0
+    t0 = time.perf_counter()
+    for step in range(steps):
+        if cursor + batch_size > len(order):
+            order = torch.randperm(len(train_rows), generator=gen)
+            cursor = 0
+        batch = train_rows[order[cursor: cursor + batch_size]]
+        cursor += batch_size
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        logits = model(input_ids=batch, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log is not None and (step % 50 == 0 or step == steps - 1):
+            log(f"step {step:4d}  loss {loss.item():.4f}  {time.perf_counter() - t0:6.1f}s")
+    model.eval()
+    return time.perf_counter() - t0
+
+
+def heldout_ce(model, rows: torch.Tensor, special: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    """Mean next-token CE (nats) over targets that are not special tokens, and their count."""
+    vocab = model.config.vocab_size
+    keep = ~torch.isin(rows[:, 1:], special)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            b = rows[i: i + batch_size]
+            logits = model(input_ids=b, use_cache=False).logits[:, :-1].double()
+            ce = F.cross_entropy(logits.reshape(-1, vocab), b[:, 1:].reshape(-1), reduction="none")
+            total += ce[keep[i: i + batch_size].reshape(-1)].sum().item()
+    n = int(keep.sum())
+    return total / n, n
 
 
 def train_tiny_gemma2(
@@ -102,60 +159,18 @@ def train_tiny_gemma2(
     train_rows = torch.from_numpy(pack_sequences(ids[:-n_held], ctx, bos, eos).astype("int64"))
     held_rows = torch.from_numpy(pack_sequences(ids[-n_held:], ctx, bos, eos).astype("int64"))
     vocab = len(tokenizer)
-    special = torch.tensor(_special_ids(tokenizer))
+    special = torch.tensor(special_ids(tokenizer))
 
-    with _deterministic_torch(threads):
+    with deterministic_torch(threads):
         torch.manual_seed(seed)
         # through transformers' lazy module: its modelling code (~3 CPU-s to import) loads only when a model
         # is built, not in every process that imports the embedded assets' helpers
         model = transformers.Gemma2ForCausalLM(tiny_gemma2_config(vocab))
-        model.train()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr, betas=(0.9, 0.95), eps=1e-8)
-
-        def lr_at(step: int) -> float:
-            if step < warmup_steps:
-                return lr * (step + 1) / warmup_steps
-            t = (step - warmup_steps) / max(1, steps - warmup_steps)
-            return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(train_rows), generator=gen)
-        cursor = 0
-        t0 = time.perf_counter()
-        for step in range(steps):
-            if cursor + batch_size > len(order):
-                order = torch.randperm(len(train_rows), generator=gen)
-                cursor = 0
-            batch = train_rows[order[cursor: cursor + batch_size]]
-            cursor += batch_size
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            logits = model(input_ids=batch, use_cache=False).logits
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if log is not None and (step % 50 == 0 or step == steps - 1):
-                log(f"step {step:4d}  loss {loss.item():.4f}  {time.perf_counter() - t0:6.1f}s")
-        train_seconds = time.perf_counter() - t0
-
-        model.eval()
+        train_seconds = train_steps(model, train_rows, steps=steps, batch_size=batch_size, lr=lr,
+                                    warmup_steps=warmup_steps, seed=seed, log=log)
+        heldout_loss, n_eval = heldout_ce(model, held_rows, special, batch_size)
         targets = held_rows[:, 1:]
         keep = ~torch.isin(targets, special)
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(held_rows), batch_size):
-                b = held_rows[i: i + batch_size]
-                logits = model(input_ids=b, use_cache=False).logits[:, :-1].double()
-                ce = F.cross_entropy(logits.reshape(-1, vocab), b[:, 1:].reshape(-1), reduction="none")
-                total += ce[keep[i: i + batch_size].reshape(-1)].sum().item()
-        n_eval = int(keep.sum())
-        heldout_loss = total / n_eval
 
         # Unigram baseline on exactly the same target tokens: frequencies from the training split, add-one
         # smoothed over the non-special vocabulary.

@@ -16,6 +16,7 @@ from .common import STYLE
 from .health import plot_firing, plot_training
 from .splitting import SPLITTING_FILE, plot_splitting
 from .sweeps import plot_architectures, plot_by_layer, plot_pareto
+from .transfer import TRANSFER_FILE, plot_transfer
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ReportData:
     train_logs: list[dict]
     #: the inspect stage's splitting.parquet rows with their site and layer (none without two widths)
     splitting: list[dict] = ()
+    #: the evaluation rows of the further models of `evaluate.models` (`rows` are the suite model's)
+    transfer: list[dict] = ()
 
     @property
     def jumprelu(self) -> list[dict]:
@@ -38,6 +41,10 @@ def _always(data: ReportData) -> bool:
 
 def _splitting(data: ReportData) -> bool:
     return bool(data.splitting)
+
+
+def _transfer(data: ReportData) -> bool:
+    return bool(data.transfer)
 
 
 def _several_architectures(data: ReportData) -> bool:
@@ -103,6 +110,13 @@ SECTIONS: tuple[Section, ...] = (
              "of the same setting: near 1, the same feature; right of the dashed line, one of the "
              "splits of a narrow latent; low, new at that width.",
              lambda d, p: plot_splitting(d.splitting, p), applies=_splitting),
+    )),
+    Section("Base to instruction-tuned transfer", (
+        Plot(TRANSFER_FILE,
+             "Delta loss and FVU of the same SAEs on the model they were trained on (solid) and on each further "
+             "evaluation model, on its own text (dashed; an instruction-tuned variant on chats through its chat "
+             "template), the mean over the SAEs of each (site, layer). Close lines: the SAEs transfer.",
+             lambda d, p: plot_transfer(d.rows, d.transfer, p), applies=_transfer),
     )),
     Section("Training and latent health", (
         Plot("training_curves.png",
