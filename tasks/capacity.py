@@ -205,8 +205,10 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     extract_flops = sum(n_train_seqs * ctx * shape.forward_flops_per_token(ctx, max(layer for _, layer in wave),
                                                                              logits=False) for wave in waves)
     # evaluate: per (site, layer), the clean pass, then per SAE the SAE (encode and decode) and the spliced
-    # pass from the first layer the splice changes to the logits
-    eval_flops = n_eval * ctx * sum(
+    # pass from the first layer the splice changes to the logits; the same again on each further evaluation
+    # model (same architecture) over its own rows
+    eval_seqs = n_eval + sum(m.n_seqs for m in cfg.evaluate.models)
+    eval_flops = eval_seqs * ctx * sum(
         shape.forward_flops_per_token(ctx)
         + n_saes * ((shape.n_layers - first_changed_layer(s, layer)) * shape.layer_flops_per_token(ctx)
                     + 2 * shape.d_model * shape.vocab)

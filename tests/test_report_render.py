@@ -259,6 +259,12 @@ def test_transfer_rows_are_in_the_metrics_and_drawn_beside_the_base_rows(tmp_pat
     assert all(it[(r["site"], r["layer"])] == pytest.approx(1.5 * r["delta_loss"]) for r in rows)
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "Base to instruction-tuned transfer" in page and 'src="transfer.png"' in page
+    # the figure's numbers: per (site, layer), each model's mean delta loss and FVU
+    base_res_1 = [r for r in rows if r["site"] == "res" and r["layer"] == 1]
+    cells = re.search(r'<table class="transfer">.*?<td>res</td><td>1</td>(.*?)</tr>', page).group(1)
+    mean = {k: sum(r[k] for r in base_res_1) / len(base_res_1) for k in ("delta_loss", "fvu")}
+    want = [mean["delta_loss"], 1.5 * mean["delta_loss"], mean["fvu"], 1.2 * mean["fvu"]]
+    assert re.findall(r"<td>([^<]*)</td>", cells) == [f"{v:.4f}" for v in want]
     assert (tmp_path / "transfer.png").read_bytes()[:8] == PNG_MAGIC
     render_report(rows, logs, tmp_path / "none", title="none", suite_info={})  # no further model: no section
     assert "transfer" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8").lower()

@@ -17,6 +17,7 @@ from .formatting import (HTML_EXTRA_SPEC, NA, TABLE_SPEC, arch_display_name, arc
 from .palette import site_colors
 from .plots import SECTIONS, ReportData
 from .plots.splitting import SPLIT_COSINE, SPLITTING_FILE, split_examples
+from .plots.transfer import TRANSFER_FILE, transfer_means
 from .schema import JUMPRELU, jumprelu_rows, plain
 
 _ASSETS = resources.files(__package__) / "assets"
@@ -194,7 +195,22 @@ def _figures(data: ReportData) -> str:
                      + (f'<div class="grid2">{figures}</div>' if section.grid else figures))
         if any(p.file == SPLITTING_FILE for p in shown):  # its examples, linked into the latent browser
             parts.append(_splitting_examples(data))
+        if any(p.file == TRANSFER_FILE for p in shown):
+            parts.append(_transfer_table(data))
     return "".join(parts)
+
+
+def _transfer_table(data: ReportData) -> str:
+    """The transfer figure's numbers: per (site, layer), each model's mean delta loss and FVU."""
+    models, table = transfer_means(data.rows, data.transfer)
+    head = "".join(f"<th>{html.escape(label)} {html.escape(m)}</th>"
+                   for label in ("delta loss,", "FVU,") for m in models)
+    body = "".join(
+        f"<tr><td>{html.escape(r['site'])}</td><td>{r['layer']}</td>"
+        + "".join(f"<td>{r[(metric, m)]:.4f}</td>" for metric in ("delta_loss", "fvu") for m in models) + "</tr>"
+        for r in table)
+    return (f"<p>Means over the SAEs of each (site, layer):</p><div class=\"tablewrap\"><table class=\"transfer\"><thead><tr><th>site</th>"
+            f"<th>layer</th>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def _latent_link(site: str, layer: int, width: int, setting: str, latent: int) -> str:

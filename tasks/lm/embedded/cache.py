@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from transformers.utils import logging as hf_logging
+
 from storage.layout import embedded_assets as published_dir
 from storage.root import StorageRoot
 from tasks.lm.embedded.grammar import generate_chats, generate_corpus
@@ -69,11 +71,29 @@ def _assets_in(root: Path) -> EmbeddedAssets:
                           it_model_dir=root / "model-it", chats_path=root / "chats-eval.jsonl")
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers draws a bar for every save and load of the build's models, noise in a user's first run."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def build_embedded_assets(root: Path, *, seed: int = BUILD_SEED, n_docs: int = BUILD_N_DOCS,
                           vocab_size: int = BUILD_VOCAB_SIZE, log: Callable[[str], None] | None = None,
                           **train_kwargs) -> None:
     """Builds everything into `root` (which must not be the final location: the caller renames it into
     place), writing the COMPLETE marker last."""
+    with _no_progress_bars():
+        _build(root, seed, n_docs, vocab_size, log, train_kwargs)
+
+
+def _build(root: Path, seed: int, n_docs: int, vocab_size: int, log: Callable[[str], None] | None,
+           train_kwargs: dict) -> None:
     t0 = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     corpus = generate_corpus(root / "corpus.jsonl", n_docs, seed)

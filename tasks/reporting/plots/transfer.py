@@ -24,6 +24,21 @@ def _mean_by_layer(rows: list[dict], site: str, metric: str) -> list[tuple[float
     return sorted((layer, sum(v) / len(v)) for layer, v in by_layer.items())
 
 
+def transfer_means(rows: list[dict], transfer: list[dict]) -> tuple[list[str], list[dict]]:
+    """The evaluation models (the suite's first) and, per (site, layer), each one's mean delta loss and FVU
+    over that (site, layer)'s SAEs: {"site", "layer", (metric, model): mean}."""
+    models = [str(rows[0].get("model", "base"))] + sorted({str(r["model"]) for r in transfer}) if rows else []
+    by_model = {m: rows if i == 0 else [r for r in transfer if r["model"] == m] for i, m in enumerate(models)}
+    table = []
+    for site in sites_in(rows):
+        means = {(metric, m): dict(_mean_by_layer(by_model[m], site, metric))
+                 for metric in ("delta_loss", "fvu") for m in models}
+        for layer in sorted({layer for v in means.values() for layer in v}):
+            table.append({"site": site, "layer": int(layer),
+                          **{k: v.get(layer, math.nan) for k, v in means.items()}})
+    return models, table
+
+
 def plot_transfer(rows: list[dict], transfer: list[dict], path: pathlib.Path) -> pathlib.Path:
     """Delta loss and FVU against layer, the mean over each (site, layer)'s SAEs: solid on the suite's model,
     dashed on each further model. Lines that lie together mean the SAEs transfer."""
