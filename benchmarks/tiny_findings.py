@@ -19,11 +19,14 @@ import pyarrow.parquet as pq
 
 
 def read_evals(run: Path) -> list[dict]:
+    """The JumpReLU rows on the suite's own model (`model` "base"; files from before `evaluate.models` have
+    no such column)."""
     rows = []
     for f in sorted((run / "evals").glob("*/layer_*.parquet")):
-        rows += pq.read_table(f, columns=["site", "layer", "architecture", "width", "sparsity", "l0", "fvu",
-                                          "delta_loss"]).to_pylist()
-    return [r for r in rows if r["architecture"] == "jumprelu"]
+        rows += pq.read_table(f).select(
+            [c for c in ("site", "layer", "model", "architecture", "width", "sparsity", "l0", "fvu", "delta_loss")
+             if c in pq.read_schema(f).names]).to_pylist()
+    return [r for r in rows if r["architecture"] == "jumprelu" and r.get("model", "base") == "base"]
 
 
 def curve(points: list[dict]) -> tuple[np.ndarray, np.ndarray]:
