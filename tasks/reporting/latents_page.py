@@ -11,6 +11,8 @@ import pathlib
 from collections.abc import Callable, Iterable
 from importlib import resources
 
+import numpy as np
+
 from tasks.latent_tables import SaeLatents, token_ids
 
 from .page import REPORT_CSS
@@ -20,10 +22,11 @@ DATA_DIR = "latents"
 _ASSETS = resources.files(__package__) / "assets"
 
 
+_SPEC = {4: ".4g", 6: ".6g"}  # significant digits kept: 6 for statistics, 4 for logits and window shading
+
+
 def _value(x: float | None, digits: int = 6) -> float | None:
-    if x == 0:  # most of a sparse code's window: skip the formatting (a report wrote ~700k values here)
-        return float(x)  # -0.0 stays -0.0, as formatting keeps it
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(f"{x:.{digits}g}")
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(format(x, _SPEC[digits]))
 
 
 def sae_data(s: SaeLatents) -> dict:
@@ -34,11 +37,26 @@ def sae_data(s: SaeLatents) -> dict:
                 _value(cols["mean_activation"][i]), cols["top_boosted"][i],
                 [_value(v, 4) for v in cols["top_boosted_logits"][i]], cols["top_suppressed"][i],
                 [_value(v, 4) for v in cols["top_suppressed_logits"][i]]] for i in range(s.stats.num_rows)]
+    c = s.contexts
+    latent, activation, seq, pos, window = (c.column(k).to_pylist() for k in ("latent", "activation", "seq", "pos",
+                                                                               "window"))
+    shaded = c.column("window_activations").combine_chunks()  # 2w+1 values a context (a fixed-size list)
+    n = shaded.type.list_size
+    values = _rounded(shaded.flatten().to_numpy(zero_copy_only=False), 4)
     contexts: dict[int, list] = {}
-    for r in s.contexts.to_pylist():
-        contexts.setdefault(r["latent"], []).append(
-            [_value(r["activation"]), r["seq"], r["pos"], r["window"], [_value(v, 4) for v in r["window_activations"]]])
+    for i, lat in enumerate(latent):
+        contexts.setdefault(lat, []).append([_value(activation[i]), seq[i], pos[i], window[i],
+                                             values[i * n:(i + 1) * n]])
     return {"n_tokens": int(s.stats.schema.metadata[b"n_tokens"]), "latents": latents, "contexts": contexts}
+
+
+def _rounded(values: np.ndarray, digits: int) -> list[float]:
+    """`_value` of each value, with the zeros that most of a sparse code's windows hold left as they are
+    (a report of the tiny suite formatted ~700k values one by one)."""
+    out = values.astype(np.float64).tolist()
+    for i in np.flatnonzero(values).tolist():
+        out[i] = _value(out[i], digits)
+    return out
 
 
 def _script(path: pathlib.Path, target: str, value) -> None:
