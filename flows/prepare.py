@@ -19,6 +19,7 @@ from botocore import UNSIGNED
 from flows.config import ConfigError, SuiteConfig
 from storage.layout import SUITE_JSON
 from storage.root import StorageRoot
+from tasks.config import ModelConfig
 from tasks.lm.chat import has_chat_template
 from tasks.lm.corpus import check_corpus_heads, expand_path_list, expand_paths, read_conversations
 from tasks.lm.embedded import publish_embedded_assets
@@ -67,6 +68,16 @@ def size_problem(cfg: SuiteConfig, hf_config) -> str | None:
     return None
 
 
+def model_config(model: ModelConfig) -> tuple[str, Any]:
+    """The model's resolved path and its Hugging Face config; a local folder must hold a config.json. Errors
+    name `model.name_or_path`."""
+    path = resolve_model_path(model.name_or_path)
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model.name_or_path: no config.json in {path} (got {model.name_or_path!r}); give a "
+                                f"Hugging Face model folder (config.json, weights, tokenizer files)")
+    return path, load_config(model)
+
+
 def _shape(hf_config, sites: list[str]) -> tuple:
     return (hf_config.model_type, n_layers(hf_config), *(site_width(hf_config, s) for s in sites))
 
@@ -79,11 +90,7 @@ def eval_model_problem(cfg: SuiteConfig, hf_config) -> str | None:
     for i, m in enumerate(cfg.evaluate.models):
         at = f"evaluate.models[{i}]"
         try:
-            path = resolve_model_path(m.model.name_or_path)
-            if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-                return f"{at}.model.name_or_path: no config.json in {path} (got {m.model.name_or_path!r}); give a " \
-                       f"Hugging Face model folder"
-            other = load_config(m.model)
+            other = model_config(m.model)[1]
         except (ValueError, FileNotFoundError, OSError) as e:
             return f"{at}.model.name_or_path: {str(e).splitlines()[0].removeprefix('model.name_or_path: ')}"
         except Exception as e:  # transformers' own config checks raise their own kinds
@@ -193,16 +200,9 @@ def prepare_suite(cfg: SuiteConfig, config_path: str, write: bool = True, need_w
     anything otherwise. `need_write` (default: `write`): a local root must be writable, not only readable
     (`scopeflow run` checks so before Prefect starts; `status` and `report` only read)."""
     try:
-        model_path = resolve_model_path(cfg.model.name_or_path)
-        if Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
-            raise ConfigError(f"{config_path}: model.name_or_path: no config.json in {model_path} (got "
-                              f"{cfg.model.name_or_path!r}); give a Hugging Face model folder (config.json, weights, "
-                              f"tokenizer files)")
-        hf_config = load_config(cfg.model)
+        model_path, hf_config = model_config(cfg.model)
         site_table(hf_config.model_type)
         layers = cfg.resolved_layers(n_layers(hf_config))
-    except ConfigError:
-        raise
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"{config_path}: {str(e).splitlines()[0]}") from None
     problem = (size_problem(cfg, hf_config) or eval_model_problem(cfg, hf_config)

@@ -33,21 +33,20 @@ def run_unit(cfg: StagesConfig, spec: UnitSpec, root: StorageRoot) -> UnitResult
     return build_report(cfg, spec.groups, suite_fingerprint(cfg), root)
 
 
-def _eval_rows(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
-    rows: list[dict] = []
+def collect_evaluations(root: StorageRoot, keys: list[tuple[str, int]]) -> tuple[list[dict], list[dict]]:
+    """The evaluation rows of the suite's own model (rows from before `evaluate.models` name none), and those
+    of the further models of `evaluate.models` (an instruction-tuned variant, say)."""
+    own: list[dict] = []
+    further: list[dict] = []
     for site, layer in keys:
-        rows.extend(pq.read_table(io.BytesIO(root.read_bytes(layout.eval_table(site, layer)))).to_pylist())
-    return rows
+        for r in pq.read_table(io.BytesIO(root.read_bytes(layout.eval_table(site, layer)))).to_pylist():
+            (own if r.get("model", SUITE_MODEL) == SUITE_MODEL else further).append(r)
+    return own, further
 
 
 def collect_metrics(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
-    """The evaluation rows of the suite's own model (rows from before `evaluate.models` name none)."""
-    return [r for r in _eval_rows(root, keys) if r.get("model", SUITE_MODEL) == SUITE_MODEL]
-
-
-def collect_transfer(root: StorageRoot, keys: list[tuple[str, int]]) -> list[dict]:
-    """The rows of the further models of `evaluate.models` (an instruction-tuned variant, say)."""
-    return [r for r in _eval_rows(root, keys) if r.get("model", SUITE_MODEL) != SUITE_MODEL]
+    """The evaluation rows of the suite's own model."""
+    return collect_evaluations(root, keys)[0]
 
 
 def collect_train_logs(root: StorageRoot, rows: list[dict]) -> list[dict]:
@@ -71,7 +70,7 @@ def collect_splitting(root: StorageRoot, keys: list[tuple[str, int]]) -> list[di
 
 def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerprint: str,
                  root: StorageRoot) -> UnitResult:
-    rows = collect_metrics(root, keys)
+    rows, transfer = collect_evaluations(root, keys)
     logs = collect_train_logs(root, rows)
     info = {"suite": cfg.name, "model": cfg.model.name_or_path, "sites": ", ".join(cfg.sites),
             "layers": len({k[1] for k in keys}), "SAEs": len(rows), "fingerprint": suite_fingerprint,
@@ -80,7 +79,7 @@ def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerpri
         out = Path(tmp) / layout.REPORT_DIR
         out.mkdir()
         render_report(rows, logs, out, title=f"scopeflow suite '{cfg.name}'", suite_info=info,
-                      splitting=collect_splitting(root, keys), transfer=collect_transfer(root, keys))
+                      splitting=collect_splitting(root, keys), transfer=transfer)
         latents = (load_sae_latents(root, r["site"], r["layer"], r["width"], r["sae_path"].rsplit("/", 1)[1])
                    for r in rows)  # one SAE's latents in memory at a time
         tokenizer = load_tokenizer(cfg.model)

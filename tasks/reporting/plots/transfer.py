@@ -40,8 +40,8 @@ def transfer_means(rows: list[dict], transfer: list[dict]) -> tuple[list[str], l
 
 
 def plot_transfer(rows: list[dict], transfer: list[dict], path: pathlib.Path) -> pathlib.Path:
-    """Delta loss and FVU against layer, the mean over each (site, layer)'s SAEs: solid on the suite's model,
-    dashed on each further model. Lines that lie together mean the SAEs transfer."""
+    """Delta loss and FVU against layer, the mean over each (site, layer)'s SAEs (`transfer_means`): solid on
+    the suite's model, dashed on each further model. Lines that lie together mean the SAEs transfer."""
     fig = new_figure(10.5, 3.9)
     axes = fig.subplots(1, 2)
     fig.suptitle("Transfer: the same SAEs on each evaluation model")
@@ -50,13 +50,13 @@ def plot_transfer(rows: list[dict], transfer: list[dict], path: pathlib.Path) ->
         return save(fig, path)
     sites = sites_in(rows)
     colors = site_colors(sites)
-    others = sorted({str(r["model"]) for r in transfer})
-    series = [(str(rows[0].get("model", "base")), "-", "o", rows)]
-    series += [(m, _DASHES[i % len(_DASHES)], "s", [r for r in transfer if r["model"] == m]) for i, m in enumerate(others)]
+    models, table = transfer_means(rows, transfer)
+    styles = [("-", "o")] + [(_DASHES[i % len(_DASHES)], "s") for i in range(len(models) - 1)]
     for ax, metric in zip(axes, ("delta_loss", "fvu")):
         for site in sites:
-            for model, dash, marker, model_rows in series:
-                pts = _mean_by_layer(model_rows, site, metric)
+            for model, (dash, marker) in zip(models, styles):
+                pts = [(r["layer"], r[(metric, model)]) for r in table
+                       if r["site"] == site and not math.isnan(r[(metric, model)])]
                 if pts:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, linestyle=dash, marker=marker, color=colors[site], label=f"{site} · {model}",
