@@ -83,17 +83,12 @@ def _no_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+@_no_progress_bars()
 def build_embedded_assets(root: Path, *, seed: int = BUILD_SEED, n_docs: int = BUILD_N_DOCS,
                           vocab_size: int = BUILD_VOCAB_SIZE, log: Callable[[str], None] | None = None,
                           **train_kwargs) -> None:
     """Builds everything into `root` (which must not be the final location: the caller renames it into
     place), writing the COMPLETE marker last."""
-    with _no_progress_bars():
-        _build(root, seed, n_docs, vocab_size, log, train_kwargs)
-
-
-def _build(root: Path, seed: int, n_docs: int, vocab_size: int, log: Callable[[str], None] | None,
-           train_kwargs: dict) -> None:
     t0 = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     corpus = generate_corpus(root / "corpus.jsonl", n_docs, seed)
