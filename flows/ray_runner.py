@@ -13,6 +13,12 @@ as the future: the worker's task engine then has nothing to `ray.get`. Seen in a
 blocked for minutes in `ray.get` on the nested ObjectRef of an upstream task that had long completed, so
 the run never ended. Upstream tasks still running are passed as futures and their refs as the remote call's
 arguments, so Ray starts the task only once they are done (prefect-ray does that for parameters only).
+
+In the worker, Prefect's task engine rebuilt the driver's settings from the shipped context and opened two
+API clients per task, each loading certifi's CA bundle into a new SSL context though the server is http://:
+~65 of the ~105 ms of CPU a unit cost its worker (benchmarks/prefect_unit_overhead.py). A worker now keeps
+the settings and one open client per distinct driver settings, and hands both to the engine as its current
+contexts, which the engine reuses instead of building its own.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from typing import Any, Iterable
 from uuid import uuid4
 
 import ray
-from prefect.context import serialize_context
+from prefect.context import SettingsContext, SyncClientContext, serialize_context
 from prefect.futures import PrefectFuture
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from prefect_ray import RayTaskRunner
@@ -41,7 +47,7 @@ class ShapedRayTaskRunner(RayTaskRunner):
         shape = json.dumps(options, sort_keys=True, default=str)  # a runtime_env is a dict
         if shape not in self._remote_by_shape:
             decorate = ray.remote(**options) if options else ray.remote
-            self._remote_by_shape[shape] = decorate(self._run_prefect_task)
+            self._remote_by_shape[shape] = decorate(_run_in_worker)
         return self._remote_by_shape[shape]
 
     def submit(self, task: Any, parameters: dict[str, Any], wait_for: Iterable[PrefectFuture[Any]] | None = None,
@@ -60,6 +66,41 @@ class ShapedRayTaskRunner(RayTaskRunner):
                                                     parameters=parameters, wait_for=wait_for,
                                                     dependencies=dependencies, context=context)
         return PrefectRayFuture(task_run_id=task_run_id, wrapped_future=ref)
+
+
+class _WorkerSession:
+    """The Prefect settings and API client of the driver whose tasks this worker process runs now."""
+
+    key: str | None = None
+    settings: SettingsContext | None = None
+    client: SyncClientContext | None = None
+
+    @classmethod
+    def current(cls, serialized_settings: dict[str, Any]) -> tuple[SettingsContext, SyncClientContext]:
+        key = json.dumps(serialized_settings, sort_keys=True, default=str)
+        if key != cls.key:
+            if cls.client is not None:
+                cls.client.client.__exit__(None, None, None)
+            cls.key, cls.settings = None, SettingsContext(**serialized_settings)
+            with cls.settings:
+                cls.client = SyncClientContext()  # Prefect's own client and TLS settings for these settings
+                cls.client.client.__enter__()
+                cls.client.client.raise_for_api_version_mismatch_once()
+            cls.key = key
+        return cls.settings, cls.client
+
+
+def _run_in_worker(*upstream_refs: Any, context: dict[str, Any], **kwargs: Any) -> Any:
+    """prefect-ray's entry point, inside this worker's settings and client (see the module docstring): the
+    engine's `get_client` and `SyncClientContext.get_or_create` return the current client context."""
+    settings, client = _WorkerSession.current(context["settings_context"])
+    with settings:
+        token = SyncClientContext.__var__.set(client)
+        try:
+            return RayTaskRunner._run_prefect_task(*upstream_refs, context={**context, "settings_context": {}},
+                                                   **kwargs)
+        finally:
+            SyncClientContext.__var__.reset(token)
 
 
 def _settled_upstream(wait_for: Iterable[Any] | None) -> tuple[list[Any] | None, list[Any]]:
