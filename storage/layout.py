@@ -19,6 +19,8 @@ TRAIN_LOG = "train_log.parquet"
 LATENT_STATS = "stats.parquet"
 LATENT_CONTEXTS = "contexts.parquet"
 LATENT_SPLITTING = "splitting.parquet"
+#: inside a latents_dir: the latent browser's data script of that SAE, the bytes of its report/latents/sae_N.js
+LATENT_BROWSER_DATA = "browser.js"
 
 
 def site_layer(site: str, layer: int) -> str:
@@ -63,7 +65,8 @@ def latent_splitting(site: str, layer: int) -> str:
 
 def latents_dir(site: str, layer: int, width: int, setting: str) -> str:
     """One SAE's latents, as the inspect stage found them on the held-out tokens: LATENT_STATS (a row per
-    latent) and LATENT_CONTEXTS (its top-activating contexts)."""
+    latent), LATENT_CONTEXTS (its top-activating contexts) and LATENT_BROWSER_DATA (both as the browser
+    loads them)."""
     return f"latents/{site_layer(site, layer)}/width_{width}/{setting}"
 
 

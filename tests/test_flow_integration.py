@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from storage.root import StorageRoot
 from tasks.latent_tables import load_sae_latents
 from tasks.lm.model import load_tokenizer
 from tasks.registry import STAGE_NAMES
+from tasks.reporting import sae_script
+from tasks.stages.report import stored_script
 from tests.browser import open_page
 from tests.helpers import api_post, changed, cli, end_times, small_suite_dict, suite_task_runs, write_config
 
@@ -52,7 +55,7 @@ def test_first_run_writes_every_output_and_ledger_record(first_run):
                     expected += [f"{d}/params.npz", f"{d}/cfg.json", f"{d}/sae_weights.safetensors",
                                  f"{d}/train_log.parquet"]
                     latents = f"latents/{site}/layer_{layer}/width_{w}/lambda_{lam:g}"
-                    expected += [f"{latents}/stats.parquet", f"{latents}/contexts.parquet"]
+                    expected += [f"{latents}/stats.parquet", f"{latents}/contexts.parquet", f"{latents}/browser.js"]
     missing = [p for p in expected if not (run / p).exists()]
     assert not missing, missing
     ledger = Ledger(root)
@@ -152,6 +155,25 @@ def test_the_latent_browser_shows_a_latents_contexts_as_the_parquet_files_have_t
     shot = tmp_path / "latents.png"
     open_page(url, screenshot=shot)
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_copies_each_saes_browser_script_from_its_inspect_unit(first_run, tmp_path):
+    """report/latents/sae_N.js holds the bytes the SAE's inspect unit wrote (browser.js beside its latents),
+    and a root whose inspect units wrote none (before they did) gets the same bytes rendered by the report."""
+    _, _, cfg_dict, _ = first_run
+    cfg = SuiteConfig.model_validate(cfg_dict)
+    root = StorageRoot(cfg.storage.root)
+    report = Path(cfg.storage.root) / "report"
+    saes = json.loads(re.search(r"saes: (\[.*\]), window:", (report / "latents/index.js").read_text()).group(1))
+    assert len(saes) == 24
+    for entry in saes:
+        stored = root.read_bytes(f"latents/{entry['key']}/browser.js")
+        assert (report / entry["file"]).read_bytes() == stored
+        s = load_sae_latents(root, entry["site"], entry["layer"], entry["width"], entry["setting"])
+        assert sae_script(s).encode() == stored
+    bare = StorageRoot(str(tmp_path))
+    s = load_sae_latents(root, saes[0]["site"], saes[0]["layer"], saes[0]["width"], saes[0]["setting"])
+    assert stored_script(bare, s) == sae_script(s)  # nothing stored there: rendered
 
 
 def test_the_latent_browser_finds_latents_by_a_token_they_fire_on_or_promote(first_run):

@@ -8,8 +8,8 @@ same wherever a researcher sees it. `latents.html` browses what the inspect stag
 
 from .formatting import TABLE_COLUMNS, format_table_rows, sorted_rows
 from .plots import PLOT_FILES
-from .latents_page import LATENTS_PAGE, write_latent_browser
+from .latents_page import LATENTS_PAGE, sae_script, write_latent_browser
 from .render import render_report
 
 __all__ = ["TABLE_COLUMNS", "PLOT_FILES", "LATENTS_PAGE", "format_table_rows", "sorted_rows", "render_report",
-           "write_latent_browser"]
+           "sae_script", "write_latent_browser"]

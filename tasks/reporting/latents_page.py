@@ -59,21 +59,29 @@ def _rounded(values: np.ndarray, digits: int) -> list[float]:
     return out
 
 
-def _script(path: pathlib.Path, target: str, value) -> None:
-    path.write_text(f"{target} = {json.dumps(value, separators=(',', ':'))};\n", encoding="utf-8")
+def _script_text(target: str, value) -> str:
+    return f"{target} = {json.dumps(value, separators=(',', ':'))};\n"
+
+
+def sae_script(s: SaeLatents) -> str:
+    """One SAE's data script. It names the SAE by key, not by its place in the suite, so the inspect stage
+    writes it beside the SAE's latents (most of a report's time on the tiny suite, spread over the inspect
+    units) and the report only copies it."""
+    return _script_text(f"SCOPEFLOW_LATENTS.data[{json.dumps(s.key)}]", sae_data(s))
 
 
 def write_latent_browser(out_dir: pathlib.Path, saes: Iterable[SaeLatents],
-                         decode: Callable[[set[int]], dict[int, str]], title: str) -> list[pathlib.Path]:
-    """The data scripts, one SAE at a time (`saes` may load each as it is asked for, so a suite's latents
-    are never all in memory), then the vocabulary `decode` gives for the token ids they name, then the page
-    (last, once what it loads exists)."""
+                         decode: Callable[[set[int]], dict[int, str]], title: str,
+                         script: Callable[[SaeLatents], str] = sae_script) -> list[pathlib.Path]:
+    """The data scripts (`script` of each SAE), one SAE at a time (`saes` may load each as it is asked for,
+    so a suite's latents are never all in memory), then the vocabulary `decode` gives for the token ids they
+    name, then the page (last, once what it loads exists)."""
     data = pathlib.Path(out_dir) / DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
     index, written, ids, window = [], [], set(), 0
     for n, s in enumerate(saes):
         file = data / f"sae_{n}.js"
-        _script(file, f"SCOPEFLOW_LATENTS.data[{json.dumps(s.key)}]", sae_data(s))
+        file.write_text(script(s), encoding="utf-8")
         written.append(file)
         index.append({"key": s.key, "site": s.site, "layer": s.layer, "width": s.width, "setting": s.setting,
                       "n_dead": int(sum(s.stats.column("dead").to_pylist())), "file": f"{DATA_DIR}/{file.name}"})
@@ -81,7 +89,8 @@ def write_latent_browser(out_dir: pathlib.Path, saes: Iterable[SaeLatents],
         window = s.window
     (data / "index.js").write_text(f"window.SCOPEFLOW_LATENTS = {{saes: {json.dumps(index)}, window: {window}, "
                                    f"data: {{}}, vocab: {{}}}};\n", encoding="utf-8")
-    _script(data / "vocab.js", "SCOPEFLOW_LATENTS.vocab", {str(k): v for k, v in decode(ids).items()})
+    (data / "vocab.js").write_text(_script_text("SCOPEFLOW_LATENTS.vocab", {str(k): v for k, v in decode(ids).items()}),
+                                   encoding="utf-8")
     page = (_ASSETS / "latents.html").read_text(encoding="utf-8")
     page = page.replace("__TITLE__", title).replace("__CSS__", REPORT_CSS)
     page = page.replace("__JS__", (_ASSETS / "latents.js").read_text(encoding="utf-8"))

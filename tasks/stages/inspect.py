@@ -12,6 +12,8 @@ Per SAE, under `latents/{site}/layer_{L}/width_{W}/{setting}/`:
   and `window_activations`, the latent's activation at each of them (0 at BOS, EOS, padding and outside the
   sequence), which a browser shades the context by. Token ids only: a reader decodes them with the suite's
   tokenizer.
+- `browser.js`, the two above as the latent browser loads them (`tasks.reporting.sae_script`), which the
+  report copies to `report/latents/sae_N.js` instead of rendering every SAE's at the end of the run.
 And per (site, layer), `latents/{site}/layer_{L}/splitting.parquet` where a setting has several widths:
 each wider latent's nearest narrower latent by decoder cosine (feature splitting).
 
@@ -30,10 +32,12 @@ from sae import LatentStats, LatentSummary, SparseAutoencoder, SweepPoint, neare
 from storage import layout
 from storage.root import StorageRoot
 from tasks.config import StagesConfig
+from tasks.latent_tables import load_sae_latents
 from tasks.lm.heldout import load_eval_tokens, load_sweep_saes, write_parquet
 from tasks.lm.logit_lens import output_tokens
 from tasks.lm.model import keep_mask, load_model, load_tokenizer, pick_device, special_token_ids
 from tasks.lm.sites import ActivationCapture, forward_until, site_hooks
+from tasks.reporting import sae_script
 from tasks.units import PlanContext, Planned, UnitResult, UnitSpec, units_on_trained_saes
 
 
@@ -196,7 +200,11 @@ def inspect_site_layer(cfg: StagesConfig, site: str, layer: int, root: StorageRo
         table = table.append_column("window_activations", _list_column(window, pa.float32()))
         write_parquet(root, f"{folder}/{layout.LATENT_STATS}", stats)
         write_parquet(root, f"{folder}/{layout.LATENT_CONTEXTS}", table.replace_schema_metadata(meta))
-        outputs += [f"{folder}/{layout.LATENT_STATS}", f"{folder}/{layout.LATENT_CONTEXTS}"]
+        # from the files as written, so these are the bytes the report would render from them
+        script = sae_script(load_sae_latents(root, site, layer, point.width, point.slug))
+        root.write_bytes(f"{folder}/{layout.LATENT_BROWSER_DATA}", script.encode("utf-8"))
+        outputs += [f"{folder}/{name}" for name in (layout.LATENT_STATS, layout.LATENT_CONTEXTS,
+                                                     layout.LATENT_BROWSER_DATA)]
         metrics[folder] = {"n_dead": int((summary.fire_counts == 0).sum()), "n_contexts": table.num_rows}
     splitting = splitting_table(points, saes)
     if splitting is not None:

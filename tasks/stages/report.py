@@ -12,9 +12,9 @@ from storage import layout
 from storage.fingerprint import fingerprint
 from storage.root import StorageRoot
 from tasks.config import SUITE_MODEL, StagesConfig
-from tasks.latent_tables import decode_tokens, load_sae_latents
+from tasks.latent_tables import SaeLatents, decode_tokens, load_sae_latents
 from tasks.lm.model import load_tokenizer
-from tasks.reporting import LATENTS_PAGE, render_report, write_latent_browser
+from tasks.reporting import LATENTS_PAGE, render_report, sae_script, write_latent_browser
 from tasks.units import FORMAT_VERSION, PlanContext, Planned, UnitResult, UnitSpec, suite_fingerprint
 
 SUITE_UNIT = "suite"
@@ -68,6 +68,13 @@ def collect_splitting(root: StorageRoot, keys: list[tuple[str, int]]) -> list[di
     return rows
 
 
+def stored_script(root: StorageRoot, s: SaeLatents) -> str:
+    """The SAE's browser script as its inspect unit wrote it; rendered here for latents written before inspect
+    wrote one."""
+    path = f"{layout.latents_dir(s.site, s.layer, s.width, s.setting)}/{layout.LATENT_BROWSER_DATA}"
+    return root.read_bytes(path).decode("utf-8") if root.exists(path) else sae_script(s)
+
+
 def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerprint: str,
                  root: StorageRoot) -> UnitResult:
     rows, transfer = collect_evaluations(root, keys)
@@ -84,7 +91,7 @@ def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerpri
                    for r in rows)  # one SAE's latents in memory at a time
         tokenizer = load_tokenizer(cfg.model)
         write_latent_browser(out, latents, lambda ids: decode_tokens(tokenizer, ids),
-                             title=f"scopeflow suite '{cfg.name}': latents")
+                             title=f"scopeflow suite '{cfg.name}': latents", script=lambda s: stored_script(root, s))
         root.upload_dir(out, layout.REPORT_DIR)
     return UnitResult(outputs=[layout.REPORT_INDEX, layout.REPORT_METRICS, f"{layout.REPORT_DIR}/{LATENTS_PAGE}"],
                       metrics={"n_saes": len(rows)})
