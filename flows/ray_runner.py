@@ -19,6 +19,13 @@ API clients per task, each loading certifi's CA bundle into a new SSL context th
 ~65 of the ~105 ms of CPU a unit cost its worker (benchmarks/prefect_unit_overhead.py). A worker now keeps
 the settings and one open client per distinct driver settings, and hands both to the engine as its current
 contexts, which the engine reuses instead of building its own.
+
+Before each task, Prefect's engine asks the server for the task's tag concurrency limits, trusting a "no
+limits" answer for 5 s. scopeflow tags each unit with its stage; with the server's SQLite busy with the
+run's events, 6 of a tiny run's 52 such calls took 1.8-2.4 s here (13 s of its 92 s span, a worker idle
+meanwhile). The runner asks once per set of tags whether a limit exists; a task none of whose tags has one
+starts with the engine's own "no limits" answer in place, and a tag that has a limit is checked by Prefect
+as before (a limit created during a run applies from the next run).
 """
 from __future__ import annotations
 
@@ -27,7 +34,10 @@ from typing import Any, Iterable
 from uuid import uuid4
 
 import ray
-from prefect.context import SettingsContext, SyncClientContext, serialize_context
+from prefect.client.orchestration import get_client
+from prefect.concurrency import services as concurrency_services
+from prefect.context import SettingsContext, SyncClientContext, TagsContext, serialize_context
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from prefect_ray import RayTaskRunner
@@ -42,6 +52,7 @@ class ShapedRayTaskRunner(RayTaskRunner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._remote_by_shape: dict[str, Any] = {}
+        self._unlimited_tags: dict[frozenset[str], bool] = {}
 
     def _remote(self, options: dict[str, Any]) -> Any:
         shape = json.dumps(options, sort_keys=True, default=str)  # a runtime_env is a dict
@@ -62,10 +73,21 @@ class ShapedRayTaskRunner(RayTaskRunner):
         wait_for, pending = _settled_upstream(wait_for)
         upstream_refs += pending
         remote = self._remote(RemoteOptionsContext.get().current_remote_options or {})
+        tags = frozenset(task.tags) | frozenset(TagsContext.get().current_tags)
         ref = remote.options(name=task.name).remote(*upstream_refs, task=task, task_run_id=task_run_id,
                                                     parameters=parameters, wait_for=wait_for,
-                                                    dependencies=dependencies, context=context)
+                                                    dependencies=dependencies, context=context,
+                                                    no_tag_limits=tags if self._no_tag_limits(tags) else None)
         return PrefectRayFuture(task_run_id=task_run_id, wrapped_future=ref)
+
+    def _no_tag_limits(self, tags: frozenset[str]) -> bool:
+        """Whether none of `tags` has a concurrency limit on the server (asked once per set of tags)."""
+        if not tags:
+            return False
+        if tags not in self._unlimited_tags:
+            with get_client(sync_client=True) as client:
+                self._unlimited_tags[tags] = not any(_has_limit(client, f"tag:{t}") for t in tags)
+        return self._unlimited_tags[tags]
 
 
 class _WorkerSession:
@@ -90,10 +112,15 @@ class _WorkerSession:
         return cls.settings, cls.client
 
 
-def _run_in_worker(*upstream_refs: Any, context: dict[str, Any], **kwargs: Any) -> Any:
+def _run_in_worker(*upstream_refs: Any, context: dict[str, Any], no_tag_limits: frozenset[str] | None,
+                   **kwargs: Any) -> Any:
     """prefect-ray's entry point, inside this worker's settings and client (see the module docstring): the
-    engine's `get_client` and `SyncClientContext.get_or_create` return the current client context."""
+    engine's `get_client` and `SyncClientContext.get_or_create` return the current client context; and
+    with `no_tag_limits` (the task's tags, none of which has a limit) the engine's cached answer for them."""
     settings, client = _WorkerSession.current(context["settings_context"])
+    if no_tag_limits:
+        with concurrency_services._cache_lock:  # what the engine's acquisition reads before asking the server
+            concurrency_services._no_limits_cache[frozenset(f"tag:{t}" for t in no_tag_limits)] = True
     with settings:
         token = SyncClientContext.__var__.set(client)
         try:
@@ -101,6 +128,14 @@ def _run_in_worker(*upstream_refs: Any, context: dict[str, Any], **kwargs: Any) 
                                                    **kwargs)
         finally:
             SyncClientContext.__var__.reset(token)
+
+
+def _has_limit(client: Any, name: str) -> bool:
+    try:
+        client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def _settled_upstream(wait_for: Iterable[Any] | None) -> tuple[list[Any] | None, list[Any]]:
