@@ -6,6 +6,7 @@ up and the variable set; config problems are reported before any of that, in one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -84,7 +85,9 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
     # instance and the Prefect server this process started are stopped on the way out
     previous_handler = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        with prefect_api(Path(cfg.orchestration.prefect_home).resolve()) as api_url:
+        with contextlib.ExitStack() as ray_run, \
+                prefect_api(Path(cfg.orchestration.prefect_home).resolve(),
+                            while_starting=lambda: _start_ray(ray_run, cfg)) as api_url:
             console.print(f"Prefect API: {api_url}", highlight=False)
             from flows.suite import suite_flow
 
@@ -94,6 +97,7 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
                 state = suite_flow(config_path, rerun=rerun, return_state=True)
             finally:
                 _drain_prefect_logs()
+                ray_run.close()  # the Ray instance this process started, before the server its workers report to
             if not state.is_completed():
                 try:
                     state.result()
@@ -117,6 +121,15 @@ def _execute(config_path: str, rerun: list[dict] | None) -> int:
         console.print(f"ran {ran} unit(s) in {time.monotonic() - t0:.1f} s ({per_stage})", highlight=False)
     _print_metrics(cfg, [(s, layer) for s in cfg.sites for layer in prepared.layers])
     return 0
+
+
+def _start_ray(stack: contextlib.ExitStack, cfg: SuiteConfig) -> None:
+    """The run's Ray, started while its Prefect server starts, so the workers import meanwhile (a tiny run's
+    second worker was still importing when the first unit began). Imported here: prefect reads
+    PREFECT_API_URL at import, which `prefect_api` exports just before."""
+    from flows.units import ray_for_run
+
+    stack.enter_context(ray_for_run(cfg.orchestration))
 
 
 def cmd_run(args) -> int:

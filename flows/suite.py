@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import ray
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -13,8 +12,7 @@ from flows.config import DEFAULT_CONFIG, SuiteConfig, load_suite_config
 from flows.prepare import prepare_suite
 from flows.progress import RunProgress
 from flows.ray_runner import ShapedRayTaskRunner
-from flows.units import PrefectRayExecutor, warm_workers
-from infra.ray_local import init_ray
+from flows.units import PrefectRayExecutor, ray_for_run
 from storage.layout import REPORT_INDEX
 from storage.lease import RootLease
 from storage.ledger import Ledger
@@ -102,15 +100,9 @@ def suite_flow(config_path: str = DEFAULT_CONFIG, rerun: list[dict] | None = Non
         get_run_logger().warning(lease.notice)
     register_runner(run_id, runner)
     try:
-        started_ray = init_ray(cfg.orchestration)
-        if started_ray and not cfg.orchestration.ray_address:
-            warm_workers()
-        try:
+        with ray_for_run(cfg.orchestration):
             task_runner = ShapedRayTaskRunner(address=cfg.orchestration.ray_address)
             plan = units_flow.with_options(task_runner=task_runner)(cfg, prepared, run_id)
-        finally:
-            if started_ray:
-                ray.shutdown()
     finally:
         forget_runner(run_id)
         lease.release()

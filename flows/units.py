@@ -8,8 +8,9 @@ Python exception.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 from prefect import task
@@ -17,6 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect_ray.context import remote_options
 
 from flows.config import SuiteConfig
+from infra.config import OrchestrationConfig
+from infra.ray_local import init_ray
 from storage.errors import is_input_error
 from storage.root import StorageRoot
 from tasks.execute import run_unit
@@ -32,10 +35,14 @@ def unit_task(cfg: SuiteConfig, spec: UnitSpec, root: StorageRoot, run_id: str) 
     return {"unit": spec.unit, "duration_s": record.duration_s, "metrics": record.metrics}
 
 
-@ray.remote(num_cpus=1)
-def _warm_worker() -> int:
-    """Nothing: loading this function in a worker imports this module, and with it all a unit needs."""
+def _worker_pid() -> int:
+    """Nothing: loading this function in a worker imports this module, and with it all a unit needs. (A
+    module-level function that is not itself the remote function: Ray's pickler sends that by reference,
+    so the worker imports its module. Decorated in place, it went by value and the worker imported nothing.)"""
     return os.getpid()
+
+
+_warm_worker = ray.remote(num_cpus=1)(_worker_pid)
 
 
 def warm_workers() -> None:
@@ -44,6 +51,20 @@ def warm_workers() -> None:
     transformers, Prefect) came after the first unit and left it idle. Not awaited."""
     for _ in range(int(ray.cluster_resources().get("CPU", 1))):
         _warm_worker.remote()
+
+
+@contextlib.contextmanager
+def ray_for_run(cfg: OrchestrationConfig) -> Iterator[None]:
+    """Start or join Ray for a run (a new local instance's workers start importing at once), and shut down
+    what this started; within a Ray already started (by the CLI, or a test's), nothing."""
+    started = init_ray(cfg)
+    if started and not cfg.ray_address:
+        warm_workers()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def retry_transient(task, task_run, state) -> bool:

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
@@ -85,19 +85,25 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def prefect_api(home: Path) -> Iterator[str]:
+def prefect_api(home: Path, while_starting: Callable[[], None] | None = None) -> Iterator[str]:
     """PREFECT_API_URL when set (a shared server or Prefect Cloud); otherwise a local server for the
-    duration of the block, its URL exported for this process and the Ray workers it starts."""
+    duration of the block, its URL exported for this process and the Ray workers it starts.
+    `while_starting` runs once the URL is exported, before the server is up (~10 s of waiting otherwise)."""
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
+        if while_starting is not None:
+            while_starting()
         yield existing
         return
-    proc, api_url = start_server(home)
+    proc, api_url = launch_server(home)
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_SERVER_UI_API_URL", "PREFECT_HOME")}
     os.environ.update(server_env(home, api_url))
     try:
+        if while_starting is not None:
+            while_starting()
+        wait_healthy(api_url, timeout=120, proc=proc, log=home / "server.log")
         yield api_url
     finally:
         stop_server(proc)
