@@ -428,8 +428,8 @@ def test_inspect_is_bit_for_bit_repeatable(suite):
     record = Ledger(root).get("inspect", spec.unit)
     assert record.status == "complete" and record.fingerprint == spec.fingerprint
     before = {p: root.read_bytes(p) for p in record.outputs}
-    # two files per SAE, and one splitting.parquet for the (site, layer)
-    assert len(before) == 2 * len(cfg.sae.widths) * len(cfg.sae.lambdas) + 1
+    # three files per SAE (stats, contexts, the browser's script), and one splitting.parquet for the (site, layer)
+    assert len(before) == 3 * len(cfg.sae.widths) * len(cfg.sae.lambdas) + 1
     run_unit(cfg, spec, root)
     assert {p: root.read_bytes(p) for p in record.outputs} == before
 
