@@ -15,14 +15,14 @@ the run never ended. Upstream tasks still running are passed as futures and thei
 arguments, so Ray starts the task only once they are done (prefect-ray does that for parameters only).
 
 In the worker, Prefect's task engine rebuilt the driver's settings from the shipped context and opened two
-API clients per task, each loading certifi's CA bundle into a new SSL context though the server is http://:
-~65 of the ~105 ms of CPU a unit cost its worker (benchmarks/prefect_unit_overhead.py). A worker now keeps
-the settings and one open client per distinct driver settings, and hands both to the engine as its current
-contexts, which the engine reuses instead of building its own.
+API clients per task, each loading certifi's CA bundle into a new SSL context though the server is http://
+(~80 ms a task in a profile of the worker). A worker now keeps the settings and one open client per
+distinct driver settings, and hands both to the engine as its current contexts, which the engine reuses
+instead of building its own: 107 -> 15 ms of the worker's CPU a unit (benchmarks/prefect_unit_overhead.py).
 
 Before each task, Prefect's engine asks the server for the task's tag concurrency limits, trusting a "no
 limits" answer for 5 s. scopeflow tags each unit with its stage; with the server's SQLite busy with the
-run's events, 6 of a tiny run's 52 such calls took 1.8-2.4 s here (13 s of its 92 s span, a worker idle
+run's events, 6 of a tiny run's 52 such calls took 1.8-2.4 s here (13.4 s in all, a worker idle
 meanwhile). The runner asks once per set of tags whether a limit exists; a task none of whose tags has one
 starts with the engine's own "no limits" answer in place, and a tag that has a limit is checked by Prefect
 as before (a limit created during a run applies from the next run).
