@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .registry import ARCHITECTURES, architecture_class
 
@@ -43,6 +43,10 @@ class TrainConfig(BaseModel):
     lambda_warmup_steps: int = Field(10000, ge=0)
     batch_size: int = 4096
     epochs: int = Field(1, ge=1, description="passes over the data; tiny suites use more than one")
+    epochs_by_width: dict[int, int] = Field(
+        default_factory=dict,
+        description="passes for the widths named here, where they differ from `epochs`: Gemma Scope trained its "
+                    "wider SAEs on more tokens (2^14 latents on 4B, 2^15-2^19 on 8B, 2^20 on 16B)")
     log_every: int = Field(50, gt=0)
     dead_window_tokens: int = Field(10_000_000, gt=0,
                                     description="a latent that has not fired for this many tokens counts as dead")
@@ -81,6 +85,25 @@ class TrainConfig(BaseModel):
             architecture_class(name)
         return v
 
+    @model_validator(mode="after")
+    def _epochs_by_width_known(self) -> "TrainConfig":
+        unknown = sorted(set(self.epochs_by_width) - set(self.widths))
+        if unknown:
+            raise ValueError(f"epochs_by_width names widths {unknown} that are not in widths {self.widths}")
+        short = {w: e for w, e in self.epochs_by_width.items() if e < 1}
+        if short:
+            raise ValueError(f"epochs_by_width must give each width at least 1 pass, got {short}")
+        return self
+
+    def epochs_of(self, width: int) -> int:
+        """How many passes over the data the SAEs of this width train for."""
+        return self.epochs_by_width.get(width, self.epochs)
+
+    @property
+    def passes(self) -> int:
+        """The passes the shared stream makes: the longest-trained width's. Narrower-trained SAEs stop early."""
+        return max(self.epochs_of(w) for w in self.widths)
+
     def sparsities(self, architecture: str) -> list[float]:
         """The sweep's sparsity settings for one architecture."""
         return getattr(self, architecture_class(architecture).sparsity_field)
@@ -89,7 +112,13 @@ class TrainConfig(BaseModel):
         """The fields that shape the trained SAEs: what a fingerprint or a checkpoint must match. Sweeps of
         architectures not trained are left out, so adding `topk_ks` to a JumpReLU-only suite changes nothing."""
         unused = {cls.sparsity_field for name, cls in ARCHITECTURES.items() if name not in self.architectures}
-        return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | unused)
+        fields = self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | unused | {"epochs_by_width"})
+        # only the widths whose passes differ from `epochs`, and none at all when no width's do: a suite from
+        # before this field keeps its fingerprints
+        differing = {str(w): e for w, e in sorted(self.epochs_by_width.items()) if e != self.epochs}
+        if differing:
+            fields["epochs_by_width"] = differing
+        return fields
 
     @field_validator("batch_size")
     @classmethod

@@ -91,15 +91,17 @@ def check_source(batches: BatchSource, epochs: int) -> None:
         )
 
 
-def stream_from(batches: BatchSource, epochs: int, start_step: int) -> Iterator[Tensor]:
-    """Every batch of `epochs` passes, from global step `start_step` on (the data position of a resume)."""
+def stream_from(batches: BatchSource, epochs: int, start_step: int) -> Iterator[tuple[int, Tensor]]:
+    """(epoch, batch) for every batch of `epochs` passes, from global step `start_step` on (the data position
+    of a resume)."""
     skip = start_step
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if isinstance(batches, ArrayBatches):
             if skip >= batches.n_batches:
                 skip -= batches.n_batches
                 continue
-            yield from batches.iter_from(skip)
+            for batch in batches.iter_from(skip):
+                yield epoch, batch
             skip = 0
             continue
         it = iter(batches() if callable(batches) else batches)
@@ -107,4 +109,4 @@ def stream_from(batches: BatchSource, epochs: int, start_step: int) -> Iterator[
             if skip:
                 skip -= 1
                 continue
-            yield batch
+            yield epoch, batch

@@ -196,9 +196,8 @@ def capacity_plan(cfg: StagesConfig, shape: ModelShape, layers: list[int], n_tra
     shuf_objects = len(groups) * (_objects(rows, cfg.sae.batch_size, sc) * 2 + 1)
     points = sum(len(cfg.sae.sparsities(a)) for a in cfg.sae.architectures)
     n_saes = len(cfg.sae.widths) * points
-    train_tokens = rows * cfg.sae.epochs
-    # per (group, width): the sweep's SAEs of that width, trained together on the group's stream
-    train_by = [(w, TRAIN_FLOPS_PER_TOKEN_PER_LATENT * shape.site_width(s) * w * points * train_tokens)
+    # per (group, width): the sweep's SAEs of that width, trained together on the group's stream for its passes
+    train_by = [(w, TRAIN_FLOPS_PER_TOKEN_PER_LATENT * shape.site_width(s) * w * points * rows * cfg.sae.epochs_of(w))
                 for s, _ in groups for w in cfg.sae.widths]
     train_flops = sum(f for _, f in train_by)
     train_hours = None if rates is None else sum(f / rates.train_rate(w) for w, f in train_by) / 3600

@@ -42,8 +42,8 @@ def small_suite_dict(root: Path, **overrides) -> dict:
     cfg["layers"] = [0, 2]
     cfg["extract"].update(seqs_per_shard=48, batch_size=16)
     cfg["shuffle"].update(bucket_rows=2048)
-    cfg["sae"].update(widths=[64, 128], lambdas=[0.003, 0.03], batch_size=256, epochs=2, log_every=10,
-                      lambda_warmup_steps=20, lr_warmup_steps=5)
+    cfg["sae"].update(widths=[64, 128], epochs_by_width={}, lambdas=[0.003, 0.03], batch_size=256, epochs=2,
+                      log_every=10, lambda_warmup_steps=20, lr_warmup_steps=5)
     cfg["evaluate"].update(batch_size=8, models=[])  # a test that evaluates a further model says so (IT_MODEL)
     cfg["orchestration"]["prefect_home"] = str(root / "prefect")
     for key, value in overrides.items():

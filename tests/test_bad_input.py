@@ -138,6 +138,9 @@ PREPARE_CASES = {
     "layer_out_of_range": ({"layers": [0, 7]}, r"layer 7 is out of range .*4 layers"),
     "unknown_stage": ({"orchestration.cpus_per_unit": {"trian": 1}},
                       r"orchestration: .*cpus_per_unit: unknown stage 'trian' \(one of tokenize, extract"),
+    "epochs_of_a_width_not_trained": ({"sae.epochs_by_width": {512: 4}},
+                                      r"sae: Value error, epochs_by_width names widths \[512\] that are not in "
+                                      r"widths \[64, 128\]"),
     "missing_corpus": ({"corpus.paths": ["/nonexistent/corpus.jsonl"]},
                        r"no corpus file matches /nonexistent/corpus\.jsonl"),
     # model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import pathlib
 import re
@@ -112,6 +113,27 @@ def test_full_suite(tmp_path):
     assert "3f9a1c2e7b5d4e60a1b2" in page and "google/gemma-2-2b" in page
     for header in TABLE_COLUMNS:
         assert f">{header}</th>" in page
+
+
+def test_the_page_says_where_gemma_scopes_findings_hold_and_where_not(tmp_path):
+    rows, logs = synthetic_suite()  # shaped like the paper: wider is better, res costs the most
+    page = (tmp_path / "a").joinpath("index.html")
+    render_report(rows, logs, tmp_path / "a", title="t", suite_info={})
+    text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
+    assert "lies below): holds at 12 of 12" in text
+    assert "L0 falls as λ rises, at every width: holds at 12 of 12" in text
+    assert "attention output's (same width, λ): holds at 4 of 4" in text
+
+    for r in rows:  # res layer 3's wide SAEs get worse, and mlp layer 6 costs more loss than res
+        if (r["site"], r["layer"], r["width"]) == ("res", 3, 4096):
+            r["fvu"] += 0.2
+        if (r["site"], r["layer"]) == ("mlp", 6):
+            r["delta_loss"] += 1.0
+    render_report(rows, logs, tmp_path / "b", title="t", suite_info={})
+    text = html.unescape(re.sub(r"<[^>]+>", "", (tmp_path / "b" / "index.html").read_text()))
+    assert "lies below): does not hold at 11 of 12" in text
+    assert re.search(r"res/layer_3: width 4096 above 1024 \(FVU \+0\.\d{3} at worst over L0 [\d.]+-[\d.]+\)", text)
+    assert "(same width, λ): does not hold at 3 of 4layer 6" in text
 
 
 def test_html_table_uses_shared_formatting(tmp_path):

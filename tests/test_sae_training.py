@@ -85,6 +85,40 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, source):
     _assert_same(clean, resumed)
 
 
+@pytest.mark.parametrize("source", ["array", "stream"])
+def test_a_width_with_more_passes_trains_as_if_alone_and_resumes_past_the_others_end(tmp_path, source):
+    """Gemma Scope's wider SAEs saw more tokens: with `epochs_by_width` each width's SAEs are exactly those
+    of a sweep trained for its passes (same seeds, same batches), and a crash after the shorter SAEs ended
+    resumes to the same result."""
+    rows = _rows()
+    data = rows if source == "array" else list(rows.split(64))
+    cfg = _cfg(epochs=2, epochs_by_width={24: 3})
+    assert (cfg.epochs_of(16), cfg.epochs_of(24), cfg.passes) == (2, 3, 3)
+    mixed = train_saes(data, 8, cfg, norm_scale=14.0)
+    two, three = (train_saes(data, 8, _cfg(epochs=e), norm_scale=14.0) for e in (2, 3))
+    _assert_same([t for t in mixed if t.width == 16], [t for t in two if t.width == 16])
+    _assert_same([t for t in mixed if t.width == 24], [t for t in three if t.width == 24])
+    assert {(t.width, t.steps, t.tokens) for t in mixed} == {(16, 20, 1280), (24, 30, 1920)}
+
+    store = FileCheckpoint(tmp_path / "ckpt.pt")
+    batches = list(rows.split(64))
+    with pytest.raises(_Crash):  # dies at step 26 of 30: the last checkpoint (24) is past width 16's end (20)
+        train_saes(_CrashingBatches(batches, after=26), 8, cfg, norm_scale=14.0, checkpoint=store)
+    resumed = train_saes(batches, 8, cfg, norm_scale=14.0, checkpoint=store)
+    assert resumed[0].resumed_from == 24
+    _assert_same(mixed, resumed)
+
+
+def test_epochs_by_width_names_widths_of_the_sweep_and_old_fingerprints_stay():
+    with pytest.raises(ValueError, match=r"epochs_by_width names widths \[32\]"):
+        _cfg(epochs_by_width={32: 4})
+    with pytest.raises(ValueError, match="at least 1 pass"):
+        _cfg(epochs_by_width={16: 0})
+    assert "epochs_by_width" not in _cfg().shaping_fields()
+    assert _cfg(epochs_by_width={16: 2}).shaping_fields() == _cfg().shaping_fields()  # the same as `epochs`
+    assert _cfg(epochs_by_width={24: 4}).shaping_fields()["epochs_by_width"] == {"24": 4}
+
+
 def test_a_checkpoint_of_another_config_is_ignored(tmp_path):
     rows = _rows(4)
     store = FileCheckpoint(tmp_path / "ckpt.pt")

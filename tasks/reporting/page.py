@@ -14,6 +14,7 @@ from typing import Any
 from .formatting import (HTML_EXTRA_SPEC, NA, TABLE_SPEC, arch_display_name, arch_sparsity_symbol,
                          architectures_in, as_float, finite_floats, fmt_count, fmt_fixed, fmt_g, fmt_int, fmt_pct,
                          format_table_rows, is_missing, sites_in, unique_numbers)
+from .findings import findings
 from .palette import site_colors
 from .plots import SECTIONS, ReportData
 from .plots.splitting import SPLIT_COSINE, SPLITTING_FILE, split_examples
@@ -178,6 +179,20 @@ def _metrics_html_table(rows: list[dict]) -> str:
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _findings_list(rows: list[dict]) -> str:
+    """Gemma Scope's findings as this suite's numbers show them, each with where it does not hold."""
+    items = []
+    for f in findings(rows):
+        mark = "holds" if f.holds else "does not hold"
+        exceptions = ("".join(f"<li>{html.escape(e)}</li>" for e in f.exceptions))
+        items.append(f'<li class="{"ok" if f.holds else "no"}"><b>{html.escape(f.claim)}</b>: {mark} at '
+                     f"{f.held} of {f.of}" + (f"<ul>{exceptions}</ul>" if exceptions else "") + "</li>")
+    if not items:
+        return ""
+    return ("<h2>Gemma Scope's findings on this suite</h2>"
+            f'<ul class="findings">{"".join(items)}</ul>')
+
+
 def _figure(name: str, caption: str) -> str:
     return (f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}" loading="lazy">'
             f'<figcaption>{html.escape(caption)}</figcaption></figure>')
@@ -256,6 +271,7 @@ def index_html(data: ReportData, title: str, suite_info: dict) -> str:
 {_info_block(rows, suite_info)}
 <h2>Headline numbers</h2>
 {_headline_cards(rows)}
+{_findings_list(rows)}
 {_figures(data)}
 <h2>All SAEs</h2>
 {legend}
