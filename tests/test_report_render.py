@@ -131,9 +131,11 @@ def test_the_page_says_where_gemma_scopes_findings_hold_and_where_not(tmp_path):
             r["delta_loss"] += 1.0
     render_report(rows, logs, tmp_path / "b", title="t", suite_info={})
     text = html.unescape(re.sub(r"<[^>]+>", "", (tmp_path / "b" / "index.html").read_text()))
-    assert "lies below): does not hold at 11 of 12" in text
+    assert "lies below): holds at 11 of 12" in text
+    raw = (tmp_path / "b" / "index.html").read_text()
+    assert '<li class="no"><b>The wider SAE' in raw and '<li class="ok"><b>L0 falls' in raw  # marked ✗ and ✓
     assert re.search(r"res/layer_3: width 4096 above 1024 \(FVU \+0\.\d{3} at worst over L0 [\d.]+-[\d.]+\)", text)
-    assert "(same width, λ): does not hold at 3 of 4layer 6" in text
+    assert "(same width, λ): holds at 3 of 4layer 6" in text
 
 
 def test_html_table_uses_shared_formatting(tmp_path):
