@@ -11,16 +11,12 @@ import time
 from pathlib import Path
 
 import torch
-import zarr
 
 import sae.trainer
 from common import REPO, write_json
 from flows.config import load_suite_config
+from run_rows import shuffled_rows
 from sae import train_saes
-from storage import layout
-from storage.arrays import DecodedRows
-from storage.root import StorageRoot
-from tasks.stages.train import norm_scale
 
 
 def main() -> None:
@@ -35,16 +31,14 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_suite_config(args.config).sae.model_copy(update={"checkpoint_every": 0, "epochs_by_width": {},
                                                                 "epochs": 1})
-    g = zarr.open_group(store=StorageRoot(str(args.run)).zarr_store(layout.shuffled(args.site, args.layer),
-                                                                   read_only=True), mode="r")
-    x = DecodedRows(g["x"])[:].float()
+    x, scale = shuffled_rows(args.run, args.site, args.layer)
     fused_devices = sae.trainer.FUSED_ADAM_DEVICES
     times: dict[str, list[float]] = {"fused": [], "for-loop": []}
     for _ in range(args.rounds):
         for name, devices in (("for-loop", frozenset()), ("fused", fused_devices)):
             sae.trainer.FUSED_ADAM_DEVICES = devices
             t0 = time.perf_counter()
-            trained = train_saes(x, None, cfg, norm_scale=norm_scale(dict(g.attrs)))
+            trained = train_saes(x, None, cfg, norm_scale=scale)
             times[name].append(time.perf_counter() - t0)
             print(f"{name}: {trained[0].steps} steps of {len(trained)} SAEs in {times[name][-1]:.2f} s", flush=True)
     sae.trainer.FUSED_ADAM_DEVICES = fused_devices

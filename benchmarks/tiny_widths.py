@@ -17,17 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-import zarr
 
 from common import REPO, write_json
 from flows.config import load_suite_config
+from run_rows import shuffled_rows
 from sae import SweepPoint, TrainConfig, train_saes
 from sae.trainer import initial_sae
-from storage import layout
-from storage.arrays import DecodedRows
-from storage.root import StorageRoot
 from tasks.reporting.findings import wider_below
-from tasks.stages.train import norm_scale
 
 HELD_OUT = 16384
 
@@ -71,14 +67,12 @@ def main() -> None:
              [(c.split(":")[0], int(c.split(":")[1])) for c in args.cells.split(",")])
     results = []
     for site, layer in cells:
-        g = zarr.open_group(store=StorageRoot(str(args.run)).zarr_store(layout.shuffled(site, layer), read_only=True),
-                            mode="r")
-        x = DecodedRows(g["x"])[:].float()
+        x, scale = shuffled_rows(args.run, site, layer)
         xt, xh = x[:-HELD_OUT], x[-HELD_OUT:]
         for override in json.loads(args.variants):
             cfg = TrainConfig.model_validate({**base, "checkpoint_every": 0, **override})
             t0 = time.perf_counter()
-            trained = train_saes(xt, None, cfg, norm_scale=norm_scale(dict(g.attrs)))
+            trained = train_saes(xt, None, cfg, norm_scale=scale)
             saes = held_out_fit(trained, xh, cfg)
             row = {"site": site, "layer": layer, "override": override, "train_s": time.perf_counter() - t0,
                    "saes": saes, "widths": width_gaps(saes)}

@@ -235,19 +235,20 @@ def train_saes(
         if on_log is not None:
             on_log(rec)
 
-    def finish(epoch: int) -> None:
-        """End the runs whose passes are over before `epoch`, each with a log record of where it ended."""
+    def finish(epoch: int) -> list[_Run]:
+        """End the runs whose passes are over before `epoch`, each with a log record of where it ended;
+        the runs still training."""
         for run in runs:
             if run.done is None and run.epochs <= epoch:
                 run.done = (pos.step, pos.tokens)
                 if pos.step and (not run.log or run.log[-1]["step"] != pos.step):
                     emit(run)
+        return [run for run in runs if run.done is None]
 
     active = [run for run in runs if run.done is None]
     for epoch, batch in stream_from(batches, cfg.passes, pos.step):
         if any(run.epochs <= epoch for run in active):
-            finish(epoch)
-            active = [run for run in runs if run.done is None]
+            active = finish(epoch)
         if batch.ndim != 2 or batch.shape[1] != d_in:
             raise ValueError(f"expected a batch of shape [B, {d_in}], got {tuple(batch.shape)}")
         x = batch.to(device=device, dtype=torch.float32) / norm_scale

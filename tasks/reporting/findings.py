@@ -65,38 +65,45 @@ def _groups(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def width_checks(rows: list[dict]) -> dict[str, list[dict]]:
-    """Per "site/layer_L", each pair of neighbouring widths' `wider_below` (pairs need two settings each)."""
+def _by_width(rs: list[dict]) -> dict[int, list[dict]]:
+    """A group's rows per width, narrowest first, only widths with a curve (two settings or more)."""
+    by_width = {w: [r for r in rs if int(r["width"]) == w] for w in sorted({int(r["width"]) for r in rs})}
+    return {w: ws for w, ws in by_width.items() if len(ws) >= 2}
+
+
+def _width_checks(groups: dict[tuple[str, int], list[dict]]) -> dict[str, list[dict]]:
     out = {}
-    for (site, layer), rs in _groups(_base_rows(rows)).items():
-        by_width = {w: [r for r in rs if r["width"] == w] for w in sorted({int(r["width"]) for r in rs})}
-        widths = [w for w in by_width if len(by_width[w]) >= 2]
+    for (site, layer), rs in groups.items():
+        curves = _by_width(rs)
+        widths = list(curves)
         if len(widths) >= 2:
-            out[f"{site}/layer_{layer}"] = [dict(wider_below(by_width[a], by_width[b]), narrow=a, wide=b)
+            out[f"{site}/layer_{layer}"] = [dict(wider_below(curves[a], curves[b]), narrow=a, wide=b)
                                             for a, b in zip(widths, widths[1:])]
     return out
 
 
-def findings(rows: list[dict]) -> list[Finding]:
-    """The findings this suite's rows can test (one it cannot, e.g. with one width, is left out)."""
-    out = []
-    checks = width_checks(rows)
-    if checks:
-        bad = [f"{key}: width {c['wide']} above {c['narrow']}"
-               + (f" (FVU +{c['max_gap']:.3f} at worst over L0 {c['overlap'][0]:.1f}-{c['overlap'][1]:.1f})"
-                  if c["overlap"] else "")
-               for key, cs in checks.items() for c in cs if not c["holds"]]
-        held = sum(all(c["holds"] for c in cs) for cs in checks.values())
-        out.append(Finding("The wider SAE reaches a lower FVU at comparable L0 (its L0-FVU curve lies below)",
-                           held, len(checks), bad))
-    groups = _groups(_base_rows(rows))
-    falls, bad = 0, []
-    tested = 0
+def width_checks(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per "site/layer_L", each pair of neighbouring widths' `wider_below` (pairs need two settings each)."""
+    return _width_checks(_groups(_base_rows(rows)))
+
+
+def _widths_finding(groups: dict[tuple[str, int], list[dict]]) -> Finding | None:
+    checks = _width_checks(groups)
+    if not checks:
+        return None
+    bad = [f"{key}: width {c['wide']} above {c['narrow']}"
+           + (f" (FVU +{c['max_gap']:.3f} at worst over L0 {c['overlap'][0]:.1f}-{c['overlap'][1]:.1f})"
+              if c["overlap"] else "")
+           for key, cs in checks.items() for c in cs if not c["holds"]]
+    held = sum(all(c["holds"] for c in cs) for cs in checks.values())
+    return Finding("The wider SAE reaches a lower FVU at comparable L0 (its L0-FVU curve lies below)",
+                   held, len(checks), bad)
+
+
+def _sparsity_finding(groups: dict[tuple[str, int], list[dict]]) -> Finding | None:
+    falls, bad, tested = 0, [], 0
     for (site, layer), rs in groups.items():
-        by_width = {}
-        for r in rs:
-            by_width.setdefault(r["width"], []).append(r)
-        curves = [sorted(ws, key=lambda r: as_float(r["sparsity"])) for ws in by_width.values() if len(ws) >= 2]
+        curves = [sorted(ws, key=lambda r: as_float(r["sparsity"])) for ws in _by_width(rs).values()]
         if not curves:
             continue
         tested += 1
@@ -104,10 +111,12 @@ def findings(rows: list[dict]) -> list[Finding]:
             falls += 1
         else:
             bad.append(f"{site}/layer_{layer}")
-    if tested:
-        out.append(Finding("L0 falls as λ rises, at every width", falls, tested, bad))
+    return Finding("L0 falls as λ rises, at every width", falls, tested, bad) if tested else None
+
+
+def _sites_finding(rows: list[dict]) -> Finding | None:
     by_layer: dict[int, dict] = {}
-    for r in _base_rows(rows):
+    for r in rows:
         if math.isfinite(as_float(r.get("delta_loss"))):
             by_layer.setdefault(int(r["layer"]), {})[(r["site"], r["width"], as_float(r["sparsity"]))] = \
                 as_float(r["delta_loss"])
@@ -121,7 +130,15 @@ def findings(rows: list[dict]) -> list[Finding]:
             held += 1
         else:
             bad.append(f"layer {layer}")
-    if tested:
-        out.append(Finding("Residual-stream delta loss exceeds the MLP's and the attention output's (same width, λ)",
-                           held, tested, bad))
-    return out
+    if not tested:
+        return None
+    return Finding("Residual-stream delta loss exceeds the MLP's and the attention output's (same width, λ)",
+                   held, tested, bad)
+
+
+def findings(rows: list[dict]) -> list[Finding]:
+    """The findings this suite's rows can test (one it cannot, e.g. with one width, is left out)."""
+    base = _base_rows(rows)
+    groups = _groups(base)
+    found = (_widths_finding(groups), _sparsity_finding(groups), _sites_finding(base))
+    return [f for f in found if f is not None]

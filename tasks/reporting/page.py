@@ -183,7 +183,7 @@ def _findings_list(rows: list[dict]) -> str:
     """Gemma Scope's findings as this suite's numbers show them, each with where it does not hold."""
     items = []
     for f in findings(rows):
-        exceptions = ("".join(f"<li>{html.escape(e)}</li>" for e in f.exceptions))
+        exceptions = "".join(f"<li>{html.escape(e)}</li>" for e in f.exceptions)
         items.append(f'<li class="{"ok" if f.holds else "no"}"><b>{html.escape(f.claim)}</b>: holds at '
                      f"{f.held} of {f.of}" + (f"<ul>{exceptions}</ul>" if exceptions else "") + "</li>")
     if not items:
