@@ -21,7 +21,7 @@ from infra.config import OrchestrationConfig
 from infra.prefect_server import free_port, launch_server, stop_server, wait_healthy
 from infra.ray_local import init_ray
 from tasks.lm.embedded import ensure_embedded_assets
-from tests.helpers import S3_KEY_ID, S3_SECRET
+from tests.helpers import S3_KEY_ID, S3_SECRET, seeded_prefect_home
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -45,7 +45,7 @@ _SERVER: dict = {}
 def pytest_configure(config):
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
-    home = Path(tempfile.mkdtemp(prefix="sf-prefect-"))
+    home = seeded_prefect_home(Path(tempfile.mkdtemp(prefix="sf-prefect-")))
     port = urlparse(os.environ["PREFECT_API_URL"]).port
     _SERVER.update(home=home, proc=launch_server(home, port)[0])  # healthy by the time a test asks for it
 

@@ -21,7 +21,7 @@ from storage.lease import current as current_lease
 from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.registry import STAGE_NAMES
-from tests.helpers import REPO, ReferenceRun, shared_reference, small_suite_dict
+from tests.helpers import REPO, ReferenceRun, seeded_prefect_home, shared_reference, small_suite_dict
 
 EXIT_LIMIT_S = 10.0
 # Outputs that name their own location or time (the ledger, suite.json, the HTML report) are compared by
@@ -38,6 +38,7 @@ def fault_suite(tmp: Path, root: str, endpoint: str | None = None, **orchestrati
     # one CPU, so one Ray worker per CLI run: each cold worker imports torch, transformers and Prefect
     # (~7 CPU-s here), and these runs are mostly one chain of units anyway
     cfg["orchestration"]["num_cpus"] = 1
+    seeded_prefect_home(Path(cfg["orchestration"]["prefect_home"]))  # for a run that starts its own server
     if endpoint:
         cfg["storage"]["storage_options"] = {"endpoint_url": endpoint}
     cfg["orchestration"].update(orchestration)

@@ -6,10 +6,13 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from flows.config import SuiteConfig
 from flows.prepare import prepare_suite
 from storage.ledger import Ledger
 from storage.root import StorageRoot
+from tasks.lm.embedded import default_cache_dir
 from tasks.plan import plan_suite
 from tasks.registry import STAGE_NAMES
 from tasks.runner import InProcessExecutor, Runner
@@ -42,7 +46,7 @@ def small_suite_dict(root: Path, **overrides) -> dict:
     cfg["layers"] = [0, 2]
     cfg["extract"].update(seqs_per_shard=48, batch_size=16)
     cfg["shuffle"].update(bucket_rows=2048)
-    cfg["sae"].update(widths=[64, 128], epochs_by_width={}, lambdas=[0.003, 0.03], batch_size=256, epochs=2,
+    cfg["sae"].update(widths=[64, 128], epochs_by_width={}, lambdas=[0.003, 0.03], batch_size=256, epochs=1,
                       log_every=10, lambda_warmup_steps=20, lr_warmup_steps=5)
     cfg["evaluate"].update(batch_size=8, models=[])  # a test that evaluates a further model says so (IT_MODEL)
     cfg["orchestration"]["prefect_home"] = str(root / "prefect")
@@ -53,6 +57,26 @@ def small_suite_dict(root: Path, **overrides) -> dict:
         else:
             cfg[section] = value
     return cfg
+
+
+def seeded_prefect_home(home: Path) -> Path:
+    """`home` with a Prefect database already migrated to this Prefect's schema, copied from one built once
+    per Prefect version in the scopeflow cache: a server on a new database spends ~6 of the ~11 CPU-s of its
+    start running every migration (BENCHMARKS.md, "Cold processes"), and a test session starts two."""
+    cache = default_cache_dir()
+    template = cache / f"test-prefect-db-{metadata.version('prefect')}"
+    if not (template / "prefect.db").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix="building-prefect-db-", dir=cache))
+        subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
+                       capture_output=True, env={**os.environ, "PREFECT_HOME": str(building)})
+        try:
+            building.rename(template)
+        except OSError:  # another process's build got there first: it serves as well
+            shutil.rmtree(building, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template / "prefect.db", home / "prefect.db")
+    return home
 
 
 def write_config(path: Path, cfg: dict) -> Path:

@@ -246,9 +246,10 @@ def _gone(pid: int) -> bool:
 
 
 def _kill_node_at(hold: _Hold, cluster: _LocalCluster, proc: subprocess.Popen, ledger: Ledger,
-                  stage: str, unit: str) -> tuple[str, int]:
-    """Once the unit is held: remove its node without grace, add a replacement node (its own environment),
-    wait until the unit's worker is dead, then drop the held PUT. Returns (node id, pid) of the dead one."""
+                  stage: str, unit: str, replace: bool) -> tuple[str, int]:
+    """Once the unit is held: remove its node without grace, add a replacement node (its own environment) if
+    `replace`, wait until the unit's worker is dead, then drop the held PUT. Returns (node id, pid) of the
+    dead one."""
     deadline = time.monotonic() + 240
     while not hold.hit.wait(0.2):
         if proc.poll() is not None:
@@ -258,7 +259,8 @@ def _kill_node_at(hold: _Hold, cluster: _LocalCluster, proc: subprocess.Popen, l
     rec = ledger.get(stage, unit)
     assert rec.status == "running" and rec.node and rec.node != cluster.head_id and rec.pid, rec
     cluster.cluster.remove_node(cluster.node(rec.node), allow_graceful=False)
-    cluster.add_node(wait=False)  # joins while the unit is retried on the node that is left
+    if replace:
+        cluster.add_node(wait=False)  # joins while the unit is retried on the node that is left
     deadline = time.monotonic() + 60
     while not _gone(rec.pid):
         assert time.monotonic() < deadline, f"the worker {rec.pid} outlived its node"
@@ -400,8 +402,9 @@ def node_deaths(clean_run, cluster, put_gate, prefect_server):
     proc = _start(prefect_server, clean_run["env"], "rerun", str(clean_run["path"]), "--stage", "extract",
                   "--shard", "0")
     try:
-        killed = {"extract": _kill_node_at(extract, cluster, proc, ledger, "extract", "shard_00000"),
-                  "train": _kill_node_at(train, cluster, proc, ledger, "train", "res/layer_1")}
+        # the first death is replaced, as an autoscaler would; after the second, one node finishes the run
+        killed = {"extract": _kill_node_at(extract, cluster, proc, ledger, "extract", "shard_00000", replace=True),
+                  "train": _kill_node_at(train, cluster, proc, ledger, "train", "res/layer_1", replace=False)}
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
