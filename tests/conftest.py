@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import s3fs
 import torch
+from moto import backends as moto_backends
 from moto.server import ThreadedMotoServer
 
 import ray
@@ -118,6 +119,11 @@ def s3_endpoint():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # moto lists its own package folder (~170 stat calls) on every request to find the service: several
+    # CPU-s of this process per session for a listing that does not change while it runs
+    listing = tuple(moto_backends.list_of_moto_modules())
+    patch = pytest.MonkeyPatch()
+    patch.setattr(moto_backends, "list_of_moto_modules", lambda: listing)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET)
@@ -127,6 +133,7 @@ def s3_endpoint():
         yield url
     finally:
         server.stop()
+        patch.undo()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
