@@ -1,0 +1,88 @@
+"""Where a command's CPU goes, by kind of process: Ray workers, the pytest workers, CLI drivers, Prefect
+servers, reference runs, Ray's daemons. It samples every process's CPU time from /proc once a second while
+the command runs (processes that start and end between samples are missed, so totals are a floor), and
+prints the seconds per kind and the busiest Ray workers. The test suite is bound by CPU on 2 cores, so this
+is what says which scenario structure to change.
+
+    .venv/bin/python benchmarks/session_cpu.py [--out FILE] -- .venv/bin/python -m pytest -q -n 3 --dist loadscope --no-loadscope-reorder
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HZ = os.sysconf("SC_CLK_TCK")
+_KINDS = (  # (kind, what its command line holds), first match wins
+    ("cli-driver", ("flows.cli",)),
+    ("reference", ("run_in_process",)),
+    ("pytest-worker", ("pytest", "xdist", "execnet")),
+    ("ray-agent", ("DashboardAgent", "RuntimeEnvAgent")),
+    ("ray-worker", ("ray::",)),
+    ("raylet", ("raylet",)),
+    ("gcs", ("gcs_server",)),
+    ("prefect-server", ("prefect server", "uvicorn")),
+    ("ray-daemons", ("dashboard", "log_monitor", "monitor.py")),
+)
+
+
+def kind(cmd: str) -> str:
+    for name, marks in _KINDS:
+        if any(m in cmd for m in marks):
+            return name
+    return "other: " + cmd[:50]
+
+
+class Sampler:
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str], float] = {}  # (pid, start time) -> CPU-s at the last sample
+        self.by_kind: collections.Counter = collections.Counter()
+        self.cmds: dict[tuple[str, str], str] = {}
+
+    def sample(self, baseline: bool = False) -> None:
+        """Add each process's CPU since the last sample (a new process: all of its CPU so far); with
+        `baseline`, only remember where every process stands."""
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            key, cpu = (pid, fields[19]), (int(fields[11]) + int(fields[12])) / HZ
+            if not baseline:
+                self.by_kind[kind(cmd)] += cpu - self.seen.get(key, 0.0)
+            self.seen[key], self.cmds[key] = cpu, cmd
+
+    def report(self, wall: float) -> str:
+        lines = [f"{v:8.1f}  {k}" for k, v in self.by_kind.most_common(15)]
+        workers = sorted((k for k in self.seen if kind(self.cmds[k]) == "ray-worker"), key=lambda k: -self.seen[k])
+        lines += [f"  ray worker {k[0]}: {self.seen[k]:6.1f} CPU-s" for k in workers[:10]]
+        lines.append(f"{sum(self.by_kind.values()):8.1f}  CPU-s in all over {wall:.0f} s; {len(workers)} Ray worker processes")
+        return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    sampler, t0 = Sampler(), time.monotonic()
+    sampler.sample(baseline=True)  # what ran before the command is not its
+    proc = subprocess.Popen(command)
+    while proc.poll() is None:
+        time.sleep(1)
+        sampler.sample()
+    text = sampler.report(time.monotonic() - t0)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
