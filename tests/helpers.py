@@ -62,7 +62,7 @@ def small_suite_dict(root: Path, **overrides) -> dict:
 def seeded_prefect_home(home: Path) -> Path:
     """`home` with a Prefect database already migrated to this Prefect's schema, copied from one built once
     per Prefect version in the scopeflow cache: a server on a new database spends ~6 of the ~11 CPU-s of its
-    start running every migration (BENCHMARKS.md, "Cold processes"), and a test session starts two."""
+    start running every migration (BENCHMARKS.md, "What a cold process costs"); a test session starts two."""
     cache = default_cache_dir()
     template = cache / f"test-prefect-db-{metadata.version('prefect')}"
     if not (template / "prefect.db").exists():
