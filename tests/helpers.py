@@ -88,7 +88,7 @@ def api_post(api_url: str, path: str, body: dict) -> list[dict]:
     """The REST API behind the dashboard: what a person would see there."""
     req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=60) as r:  # a loaded 2-core machine: seen over 10 s once
         return json.loads(r.read())
 
 

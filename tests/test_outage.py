@@ -36,7 +36,7 @@ def reference(tmp_path_factory, embedded_assets) -> ReferenceRun:
 
 
 def _api_get(api_url: str, path: str) -> list[dict]:
-    with urllib.request.urlopen(f"{api_url}{path}", timeout=10) as r:
+    with urllib.request.urlopen(f"{api_url}{path}", timeout=60) as r:
         return json.loads(r.read())
 
 
