@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from session_cpu import HZ, processes
 from infra.prefect_server import launch_server, stop_server, wait_healthy
 from tests.helpers import seeded_prefect_home
 
@@ -63,16 +64,9 @@ def sample(setup: str, code: str) -> dict:
 
 
 def _group_cpu(pgid: int) -> float:
-    """CPU seconds of every live process in a process group (the server and what it started)."""
-    total, hz = 0.0, os.sysconf("SC_CLK_TCK")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += sum(int(x) for x in fields[11:15]) / hz
-    return total
+    """CPU seconds of every live process in a process group (the server and what it started), with what
+    its processes reaped."""
+    return sum(sum(int(x) for x in fields[11:15]) for _, fields, _ in processes() if int(fields[2]) == pgid) / HZ
 
 
 def server_start(seeded: bool) -> dict:

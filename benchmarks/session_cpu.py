@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -37,6 +38,18 @@ def kind(cmd: str) -> str:
     return "other: " + cmd[:50]
 
 
+def processes() -> Iterator[tuple[str, list[str], str]]:
+    """Each live process: its pid, the fields of /proc/PID/stat after its name (so `[2]` is its process
+    group, `[11]` and `[12]` its user and system clock ticks, `[19]` its start time), its command line."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        yield pid, fields, cmd
+
+
 class Sampler:
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], float] = {}  # (pid, start time) -> CPU-s at the last sample
@@ -46,12 +59,7 @@ class Sampler:
     def sample(self, baseline: bool = False) -> None:
         """Add each process's CPU since the last sample (a new process: all of its CPU so far); with
         `baseline`, only remember where every process stands."""
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
+        for pid, fields, cmd in processes():
             key, cpu = (pid, fields[19]), (int(fields[11]) + int(fields[12])) / HZ
             if not baseline:
                 self.by_kind[kind(cmd)] += cpu - self.seen.get(key, 0.0)
