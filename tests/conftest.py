@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,6 +15,7 @@ import pytest
 import s3fs
 import torch
 from moto import backends as moto_backends
+from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
 import ray
@@ -110,6 +112,24 @@ def ray_session(prefect_server):
     ray.shutdown()
 
 
+def _make_conditional_writes_atomic(patch: pytest.MonkeyPatch) -> None:
+    """moto checks a PUT's or DELETE's If-None-Match / If-Match and then writes, with no lock between, on a
+    thread per request: two create-only PUTs racing can both land (seen: two lease holders in
+    tests/test_lease.py's race under load). S3 decides a conditional write atomically; so does this, one at a
+    time, as the root lease relies on."""
+    lock = threading.Lock()
+    for name in ("put_object", "delete_object"):
+        original = getattr(S3Response, name)
+
+        def one_at_a_time(self, _original=original):
+            if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+                with lock:
+                    return _original(self)
+            return _original(self)
+
+        patch.setattr(S3Response, name, one_at_a_time)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint on 127.0.0.1 (moto's server, objects in memory) with one bucket, and the AWS
@@ -124,6 +144,7 @@ def s3_endpoint():
     listing = tuple(moto_backends.list_of_moto_modules())
     patch = pytest.MonkeyPatch()
     patch.setattr(moto_backends, "list_of_moto_modules", lambda: listing)
+    _make_conditional_writes_atomic(patch)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET)
