@@ -21,13 +21,13 @@ HZ = os.sysconf("SC_CLK_TCK")
 _KINDS = (  # (kind, what its command line holds), first match wins
     ("cli-driver", ("flows.cli",)),
     ("reference", ("run_in_process",)),
-    ("pytest-worker", ("pytest", "xdist", "execnet")),
+    ("pytest-worker", ("pytest", "xdist", "execnet", "import sys;exec(eval(sys.stdin")),
     ("ray-agent", ("DashboardAgent", "RuntimeEnvAgent")),
     ("ray-worker", ("ray::",)),
     ("raylet", ("raylet",)),
     ("gcs", ("gcs_server",)),
     ("prefect-server", ("prefect server", "uvicorn")),
-    ("ray-daemons", ("dashboard", "log_monitor", "monitor.py")),
+    ("ray-daemons", ("dashboard", "log_monitor", "monitor.py", "bin/ray start")),
 )
 
 

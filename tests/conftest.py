@@ -2,12 +2,17 @@
 run), a Prefect server, and a real S3 endpoint. Plain helpers are in tests/helpers.py."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -42,7 +47,12 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
 elif "PREFECT_API_URL" not in os.environ:
     raise RuntimeError("this pytest-xdist worker has no PREFECT_API_URL from its controller's tests/conftest.py")
+from flows.ray_runner import ShapedRayTaskRunner  # noqa: E402  (imports Prefect: after its API URL is fixed)
+
 _SERVER: dict = {}
+# The Ray instance the controller starts for the workers' in-process runs (`ray_session`): its address.
+_SHARED_RAY = "SCOPEFLOW_TEST_SHARED_RAY"
+_RAY: dict = {}
 
 
 def pytest_configure(config):
@@ -51,12 +61,44 @@ def pytest_configure(config):
     home = seeded_prefect_home(Path(tempfile.mkdtemp(prefix="sf-prefect-")))
     port = urlparse(os.environ["PREFECT_API_URL"]).port
     _SERVER.update(home=home, proc=launch_server(home, port)[0])  # healthy by the time a test asks for it
+    workers = len(config.option.tx) if getattr(config.option, "dist", "no") != "no" else 0
+    if workers:
+        _start_shared_ray(workers)
+
+
+def _start_shared_ray(workers: int) -> None:
+    """One Ray instance for the in-process runs of all pytest-xdist workers (`ray_session`), each worker's
+    units bounded to one at a time by a resource of its own: an instance's daemons cost ~7 CPU-s to start
+    and ~4 CPU-s a minute idle here, and three of them lived through every session (BENCHMARKS.md, "Issue
+    10"). `ray start --block` stops what it started when terminated; its address is fixed now, before the
+    workers that inherit it start, and they wait for it to come up."""
+    ray_port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="sfr-", dir="/tmp"))
+    slots = {_slot(f"gw{i}"): 1 for i in range(workers)}
+    argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address",
+            "127.0.0.1", "--port", str(ray_port), "--num-cpus", str(workers), "--resources", json.dumps(slots),
+            "--include-dashboard", "false", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(tmp),
+            "--disable-usage-stats"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(tmp / "ray-start.log", "wb"),
+                            start_new_session=True)
+    os.environ[_SHARED_RAY] = f"127.0.0.1:{ray_port}"
+    _RAY.update(proc=proc, tmp=tmp)
+
+
+def _slot(worker: str) -> str:
+    return f"pytest-{worker}"
 
 
 def pytest_unconfigure(config):
     if _SERVER:
         stop_server(_SERVER["proc"])
         shutil.rmtree(_SERVER["home"], ignore_errors=True)
+    if _RAY:
+        _RAY["proc"].terminate()
+        try:
+            _RAY["proc"].wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(_RAY["proc"].pid, signal.SIGKILL)
+        shutil.rmtree(_RAY["tmp"], ignore_errors=True)
 
 
 # The modules whose scenarios take longest, in the order they are handed out: `make test` runs the suite on
@@ -102,14 +144,40 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def ray_session(prefect_server):
-    """One local Ray instance for the in-process CLI runs (tests.helpers.cli): its workers stay warm (imports,
-    the loaded model) from run to run, and report to the session's Prefect server. One CPU, so one worker:
-    each pytest worker has an instance, and a second Ray worker per instance cost another ~7 CPU-s of imports
-    on a machine the three already keep busy."""
+    """Ray for the in-process CLI runs (tests.helpers.cli): its workers stay warm (imports, the loaded model)
+    from run to run, and report to the session's Prefect server. One unit at a time, so one worker per
+    pytest worker: a second cost another cold worker's imports on a machine the three already keep busy.
+    Under xdist, the session's shared instance (`_start_shared_ray`), with this worker's units held to one at
+    a time by its own resource; otherwise (or for a worker xdist started anew) a local instance of one CPU."""
     ray.shutdown()
-    init_ray(OrchestrationConfig(num_cpus=1))
+    address, slot = os.environ.get(_SHARED_RAY), _slot(os.environ.get("PYTEST_XDIST_WORKER", ""))
+    patch = pytest.MonkeyPatch()
+    if address and _join_shared_ray(address, slot):
+        original = ShapedRayTaskRunner._remote
+        patch.setattr(ShapedRayTaskRunner, "_remote",
+                      lambda self, options: original(self, {**options, "resources": {slot: 1}}))
+    else:
+        init_ray(OrchestrationConfig(num_cpus=1))
     yield
+    patch.undo()
     ray.shutdown()
+
+
+def _join_shared_ray(address: str, slot: str, timeout: float = 180) -> bool:
+    """Join the shared instance once it is up; False when it has no slot for this worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            init_ray(OrchestrationConfig(ray_address=address))
+            break
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    if slot in ray.cluster_resources():
+        return True
+    ray.shutdown()
+    return False
 
 
 def _make_conditional_writes_atomic(patch: pytest.MonkeyPatch) -> None:

@@ -102,7 +102,7 @@ def suite_task_runs(api_url: str, config_path: str | Path) -> tuple[list[dict], 
     return suites, units, task_runs
 
 
-def scopeflow(api_url: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def scopeflow(api_url: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI as a user runs it, against the session's Prefect server (`env`: more environment variables)."""
     env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160", **(env or {})}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
@@ -205,10 +205,10 @@ class ReferenceRun:
         """Its files by path inside its root (waits for it)."""
         if self._files is None:
             if self._proc is not None:
-                _, err = self._proc.communicate(timeout=400)
+                _, err = self._proc.communicate(timeout=600)
                 assert self._proc.returncode == 0, err[-3000:]
             else:
-                self._wait_for_marker(timeout=400)
+                self._wait_for_marker(timeout=600)
             self._files = root_files(StorageRoot(self.cfg["storage"]["root"]))
         return self._files
 

@@ -405,7 +405,7 @@ def node_deaths(clean_run, cluster, put_gate, prefect_server):
         # the first death is replaced, as an autoscaler would; after the second, one node finishes the run
         killed = {"extract": _kill_node_at(extract, cluster, proc, ledger, "extract", "shard_00000", replace=True),
                   "train": _kill_node_at(train, cluster, proc, ledger, "train", "res/layer_1", replace=False)}
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -80,7 +80,7 @@ def outage(tmp_path_factory, s3_endpoint, prefect_server, reference):
         refused = _refused(proxy.port)
         time.sleep(max(0.0, t_down + OUTAGE_S - time.monotonic()))
         proxy.up()
-        rc = cli.wait(400)
+        rc = cli.wait(600)
     finally:
         proxy.stop()
         cli.close()
