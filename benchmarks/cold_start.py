@@ -5,7 +5,9 @@
   pulls in) and a CLI driver (flows.cli): the child times its own imports (process CPU) and, through
   gc.callbacks, every collection;
 - a Prefect server's start on a new database and on one already migrated (tests.helpers.seeded_prefect_home):
-  seconds until healthy and the CPU of its process group.
+  seconds until healthy and the CPU of its process group;
+- a Ray instance as the tests start one (tests.helpers.ray_head_argv, one CPU): the CPU of its
+  process group once its raylet and agents are up, and per minute idle after that.
 
 Samples are fresh processes, variants interleaved so the machine's drift hits them alike; figures are medians,
 with the ratio to the first variant in the same run.
@@ -26,8 +28,8 @@ import time
 from pathlib import Path
 
 from session_cpu import HZ, processes
-from infra.prefect_server import launch_server, stop_server, wait_healthy
-from tests.helpers import seeded_prefect_home
+from infra.prefect_server import free_port, launch_server, stop_server, wait_healthy
+from tests.helpers import ray_head_argv, seeded_prefect_home
 
 WORKLOADS = {
     "ray worker": "import flows.units; import transformers.models.gemma2.modeling_gemma2",
@@ -118,12 +120,37 @@ def servers(runs: int) -> dict:
     return out
 
 
+def ray_instance(idle_s: float) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="cold-start-ray-", dir="/tmp"))
+    proc = subprocess.Popen(ray_head_argv(free_port(), tmp, 1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def group() -> list[str]:
+            return [cmd for _, fields, cmd in processes() if int(fields[2]) == proc.pid]
+        deadline = time.monotonic() + 120
+        while not any("RuntimeEnvAgent" in c for c in group()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the Ray instance did not start"
+            time.sleep(0.5)
+        time.sleep(10)  # the agents' own start
+        start = _group_cpu(proc.pid)
+        time.sleep(idle_s)
+        idle, n = (_group_cpu(proc.pid) - start) * 60 / idle_s, len(group())
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"ray instance: {start:5.1f} CPU-s to start, {idle:4.1f} CPU-s a minute idle ({n} processes)")
+    return {"start_cpu_s": round(start, 2), "idle_cpu_s_per_min": round(idle, 2), "idle_measured_s": idle_s,
+            "processes": n}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--ray-idle-s", type=float, default=120)
     args = ap.parse_args()
-    results = {"imports": imports(args.runs), "prefect_server_start": servers(max(2, args.runs // 2))}
+    results = {"imports": imports(args.runs), "prefect_server_start": servers(max(2, args.runs // 2)),
+               "ray_instance": ray_instance(args.ray_idle_s)}
     if args.out:
         args.out.write_text(json.dumps({"runs": args.runs, "python": sys.version.split()[0], "results": results},
                                        indent=1))

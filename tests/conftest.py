@@ -2,14 +2,12 @@
 run), a Prefect server, and a real S3 endpoint. Plain helpers are in tests/helpers.py."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +27,7 @@ from infra.config import OrchestrationConfig
 from infra.prefect_server import free_port, launch_server, stop_server, wait_healthy
 from infra.ray_local import init_ray
 from tasks.lm.embedded import ensure_embedded_assets
-from tests.helpers import S3_KEY_ID, S3_SECRET, seeded_prefect_home
+from tests.helpers import S3_KEY_ID, S3_SECRET, ray_head_argv, seeded_prefect_home
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -73,11 +71,7 @@ def _start_shared_ray(workers: int) -> None:
     10"). `ray start --block` stops what it started when terminated; its address is fixed now, before the
     workers that inherit it start, and they wait for it to come up."""
     ray_port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="sfr-", dir="/tmp"))
-    slots = {_slot(f"gw{i}"): 1 for i in range(workers)}
-    argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address",
-            "127.0.0.1", "--port", str(ray_port), "--num-cpus", str(workers), "--resources", json.dumps(slots),
-            "--include-dashboard", "false", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(tmp),
-            "--disable-usage-stats"]
+    argv = ray_head_argv(ray_port, tmp, workers, {_slot(f"gw{i}"): 1 for i in range(workers)})
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(tmp / "ray-start.log", "wb"),
                             start_new_session=True)
     os.environ[_SHARED_RAY] = f"127.0.0.1:{ray_port}"
