@@ -29,6 +29,7 @@ from pathlib import Path
 
 from session_cpu import HZ, processes
 from infra.prefect_server import free_port, launch_server, stop_server, wait_healthy
+from infra.processes import stop_process_group
 from tests.helpers import ray_head_argv, seeded_prefect_home
 
 WORKLOADS = {
@@ -122,7 +123,8 @@ def servers(runs: int) -> dict:
 
 def ray_instance(idle_s: float) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="cold-start-ray-", dir="/tmp"))
-    proc = subprocess.Popen(ray_head_argv(free_port(), tmp, 1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(ray_head_argv(free_port(), tmp, 1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def group() -> list[str]:
             return [cmd for _, fields, cmd in processes() if int(fields[2]) == proc.pid]
@@ -135,8 +137,7 @@ def ray_instance(idle_s: float) -> dict:
         time.sleep(idle_s)
         idle, n = (_group_cpu(proc.pid) - start) * 60 / idle_s, len(group())
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop_process_group(proc, timeout_s=60)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"ray instance: {start:5.1f} CPU-s to start, {idle:4.1f} CPU-s a minute idle ({n} processes)")
     return {"start_cpu_s": round(start, 2), "idle_cpu_s_per_min": round(idle, 2), "idle_measured_s": idle_s,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
+
+from infra.processes import stop_process_group
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
@@ -71,17 +72,8 @@ def start_server(home: Path, port: int | None = None, host: str = "127.0.0.1") -
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    """Stop the server by its own process group: never `prefect server stop` or pkill, which would hit
-    other users' servers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """Stop the server by its own process group (launch_server starts it in a session of its own)."""
+    stop_process_group(proc)
 
 
 @contextlib.contextmanager

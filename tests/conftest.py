@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ import ray
 
 from infra.config import OrchestrationConfig
 from infra.prefect_server import free_port, launch_server, stop_server, wait_healthy
+from infra.processes import stop_process_group
 from infra.ray_local import init_ray
 from tasks.lm.embedded import ensure_embedded_assets
 from tests.helpers import S3_KEY_ID, S3_SECRET, ray_head_argv, seeded_prefect_home
@@ -66,14 +66,13 @@ def pytest_configure(config):
 
 def _start_shared_ray(workers: int) -> None:
     """One Ray instance for the in-process runs of all pytest-xdist workers (`ray_session`), each worker's
-    units bounded to one at a time by a resource of its own: an instance's daemons cost ~7 CPU-s to start
-    and ~4 CPU-s a minute idle here, and three of them lived through every session (BENCHMARKS.md, "Issue
-    10"). `ray start --block` stops what it started when terminated; its address is fixed now, before the
+    units bounded to one at a time by a resource of its own: an instance costs ~12 CPU-s to start and ~4
+    CPU-s a minute idle here (benchmarks/cold_start.py), and three of them lived through every session. `ray start --block` stops what it started when terminated; its address is fixed now, before the
     workers that inherit it start, and they wait for it to come up."""
     ray_port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="sfr-", dir="/tmp"))
     argv = ray_head_argv(ray_port, tmp, workers, {_slot(f"gw{i}"): 1 for i in range(workers)})
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(tmp / "ray-start.log", "wb"),
-                            start_new_session=True)
+    with open(tmp / "ray-start.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     os.environ[_SHARED_RAY] = f"127.0.0.1:{ray_port}"
     _RAY.update(proc=proc, tmp=tmp)
 
@@ -87,11 +86,7 @@ def pytest_unconfigure(config):
         stop_server(_SERVER["proc"])
         shutil.rmtree(_SERVER["home"], ignore_errors=True)
     if _RAY:
-        _RAY["proc"].terminate()
-        try:
-            _RAY["proc"].wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(_RAY["proc"].pid, signal.SIGKILL)
+        stop_process_group(_RAY["proc"], timeout_s=30)
         shutil.rmtree(_RAY["tmp"], ignore_errors=True)
 
 

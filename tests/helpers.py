@@ -95,8 +95,15 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 def api_post(api_url: str, path: str, body: dict) -> list[dict]:
     """The REST API behind the dashboard: what a person would see there."""
-    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    return _api(urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
+                                       headers={"Content-Type": "application/json"}))
+
+
+def api_get(api_url: str, path: str) -> list[dict]:
+    return _api(urllib.request.Request(f"{api_url}{path}"))
+
+
+def _api(req: urllib.request.Request) -> list[dict]:
     with urllib.request.urlopen(req, timeout=60) as r:  # a loaded 2-core machine: seen over 10 s once
         return json.loads(r.read())
 

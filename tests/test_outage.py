@@ -4,11 +4,9 @@ completes, every output is byte for byte a clean run's, and nothing was marked c
 written."""
 from __future__ import annotations
 
-import json
 import re
 import socket
 import time
-import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tests.faults import (Cli, assert_same_outputs, clean_reference, complete_outputs_read_back, fault_suite,
                           statuses, until)
-from tests.helpers import ReferenceRun, root_files, suite_task_runs, write_config
+from tests.helpers import ReferenceRun, api_get, root_files, suite_task_runs, write_config
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -35,16 +33,11 @@ def reference(tmp_path_factory, embedded_assets) -> ReferenceRun:
     yield from clean_reference(tmp_path_factory)
 
 
-def _api_get(api_url: str, path: str) -> list[dict]:
-    with urllib.request.urlopen(f"{api_url}{path}", timeout=60) as r:
-        return json.loads(r.read())
-
-
 def _task_runs(api_url: str, config_path: Path, names: set[str]) -> list[dict]:
     """This run's task runs of those names, with their states."""
     runs = [r for r in suite_task_runs(api_url, config_path)[2] if r["name"] in names]
     for r in runs:
-        r["states"] = sorted(_api_get(api_url, f"/task_run_states/?task_run_id={r['id']}"), key=lambda s: s["timestamp"])
+        r["states"] = sorted(api_get(api_url, f"/task_run_states/?task_run_id={r['id']}"), key=lambda s: s["timestamp"])
     return runs
 
 
