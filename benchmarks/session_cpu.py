@@ -73,6 +73,10 @@ def started_by(pid: str) -> str:
     return "-"
 
 
+def _table(seconds: collections.Counter, rows: int) -> str:
+    return "\n".join(f"{v:8.1f}  {k}" for k, v in seconds.most_common(rows))
+
+
 class Sampler:
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], float] = {}  # (pid, start time) -> CPU-s at the last sample
@@ -89,16 +93,17 @@ class Sampler:
             if key not in self.modules:
                 self.modules[key] = started_by(pid)
             if not baseline:
-                self.by_kind[kind(cmd)] += cpu - self.seen.get(key, 0.0)
-                self.by_module[self.modules[key]] += cpu - self.seen.get(key, 0.0)
+                since = cpu - self.seen.get(key, 0.0)
+                self.by_kind[kind(cmd)] += since
+                self.by_module[self.modules[key]] += since
             self.seen[key], self.cmds[key] = cpu, cmd
 
     def report(self, wall: float) -> str:
-        lines = [f"{v:8.1f}  {k}" for k, v in self.by_kind.most_common(15)]
+        lines = [_table(self.by_kind, 15)]
         workers = sorted((k for k in self.seen if kind(self.cmds[k]) == "ray-worker"), key=lambda k: -self.seen[k])
         lines += [f"  ray worker {k[0]}: {self.seen[k]:6.1f} CPU-s" for k in workers[:10]]
         lines.append("by the test module that started the process (PYTEST_CURRENT_TEST in its environment):")
-        lines += [f"{v:8.1f}  {k}" for k, v in self.by_module.most_common(20)]
+        lines.append(_table(self.by_module, 20))
         lines.append(f"{sum(self.by_kind.values()):8.1f}  CPU-s in all over {wall:.0f} s; {len(workers)} Ray worker processes")
         return "\n".join(lines)
 
@@ -115,7 +120,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 def in_pytest_workers(log: Path) -> collections.Counter:
     by_module: collections.Counter = collections.Counter()
-    for line in log.read_text().splitlines() if log.exists() else ():
+    for line in log.read_text().splitlines():
         module, cpu = line.rsplit(" ", 1)
         by_module[module] += float(cpu)
     return by_module
@@ -129,19 +134,19 @@ def main() -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     sampler, t0 = Sampler(), time.monotonic()
     sampler.sample(baseline=True)  # what ran before the command is not its
-    log = Path(tempfile.mkdtemp(prefix="session-cpu-")) / "modules.log"
-    proc = subprocess.Popen(command, env={**os.environ, _MODULE_LOG: str(log)})
-    while proc.poll() is None:
-        time.sleep(1)
-        sampler.sample()
-    text = sampler.report(time.monotonic() - t0)
-    if log.exists():
-        own = in_pytest_workers(log)
-        text += "\nthe pytest workers' own CPU by test module (the plugin):\n" + "\n".join(
-            f"{v:8.1f}  {k}" for k, v in own.most_common(25))
-        children = sampler.by_module.copy()
-        children["-"] -= sum(own.values())  # charged to modules now
-        text += "\nboth together:\n" + "\n".join(f"{v:8.1f}  {k}" for k, v in (own + children).most_common(25))
+    with tempfile.TemporaryDirectory(prefix="session-cpu-") as tmp:
+        log = Path(tmp) / "modules.log"
+        proc = subprocess.Popen(command, env={**os.environ, _MODULE_LOG: str(log)})
+        while proc.poll() is None:
+            time.sleep(1)
+            sampler.sample()
+        text = sampler.report(time.monotonic() - t0)
+        if log.exists():
+            own = in_pytest_workers(log)
+            children = sampler.by_module.copy()
+            children["-"] -= sum(own.values())  # charged to modules now
+            text += (f"\nthe pytest workers' own CPU by test module (the plugin):\n{_table(own, 25)}"
+                     f"\nboth together:\n{_table(own + children, 25)}")
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
