@@ -68,10 +68,8 @@ class Ledger:
         return layout.unit_record(stage, unit)
 
     def get(self, stage: str, unit: str) -> UnitRecord | None:
-        path = self.record_path(stage, unit)
-        if not self.root.exists(path):
-            return None
-        return UnitRecord.model_validate(self.root.read_json(path))
+        data = self.root.read_optional(self.record_path(stage, unit))
+        return None if data is None else UnitRecord.model_validate_json(data)
 
     def _put(self, record: UnitRecord) -> UnitRecord:
         self.root.write_json(self.record_path(record.stage, record.unit), record.model_dump(mode="json"))

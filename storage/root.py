@@ -68,6 +68,14 @@ class StorageRoot:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.fs_path(rel))
 
+    def read_optional(self, rel: str) -> bytes | None:
+        """The file's bytes, or None where there is none: one GET on an object store, where asking first
+        costs a HEAD (and, for a missing key, a listing) and can be answered from a stale listing cache."""
+        try:
+            return self.read_bytes(rel)
+        except FileNotFoundError:
+            return None
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: a reader sees the old file or the new one, never half of it (rename locally; an object
         store's PUT is atomic already)."""

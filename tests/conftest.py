@@ -37,6 +37,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # by the CPU work at nice 0 beside it (reference runs, units run in a test's own process): seen in CI, a
 # cluster run that takes 34 s alone got nothing done in 300 s. Every Ray instance the tests start inherits this.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# A Ray node prestarts a worker per CPU for its first driver in the default runtime environment, which no unit
+# here uses (every run's workers carry its forwarded environment): seen, the shared instance of three CPUs
+# started two such workers for the first pytest worker's run and kept them idle through the session.
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+# Ray's metrics (Prometheus, through every raylet's dashboard agent) and its event-loop statistics, which no
+# test reads: off, the tests' instance (tests.helpers.ray_head_argv, no log monitor either) idle with a warm
+# worker took 2.78 CPU-s a minute instead of 4.08-4.29 here; the session keeps several instances alive at once.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
+os.environ.setdefault("RAY_event_stats", "0")
 # One Prefect server for the whole test session, every pytest-xdist worker's runs on it: the controller (or a
 # run without xdist) fixes its address now and starts it (pytest_configure); the workers, which it starts
 # later, inherit the address. Prefect reads its API URL once, when first imported (test modules import the

@@ -81,10 +81,12 @@ def seeded_prefect_home(home: Path) -> Path:
 
 def ray_head_argv(port: int, temp_dir: Path, num_cpus: int, resources: dict[str, float] | None = None) -> list[str]:
     """`ray start` for a Ray instance the tests own: in the foreground (`--block`: terminating it stops all it
-    started), on loopback, without a dashboard, with a small object store (units exchange paths, not arrays)."""
+    started), on loopback, without a dashboard or a log monitor (every driver of the tests sets
+    log_to_driver=False), with a small object store (units exchange paths, not arrays)."""
     argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address",
             "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus), "--include-dashboard", "false",
-            "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+            "--include-log-monitor", "false", "--object-store-memory", str(256 * 2**20), "--temp-dir",
+            str(temp_dir), "--disable-usage-stats"]
     return argv + (["--resources", json.dumps(resources)] if resources else [])
 
 

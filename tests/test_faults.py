@@ -76,10 +76,11 @@ def _lease_scenario(tmp: Path, cfg: dict, prefect_server: str, start, server_mar
     f["lease_a"] = current_lease(root)
     mark("A holds the lease")
     a.proc.send_signal(signal.SIGSTOP)
-    b, status = start("b", "run", path, api_url=prefect_server), start("status-a", "status", path)
+    b = start("b", "run", path, api_url=prefect_server)
+    status = cli("status", path)  # while B starts
+    f["status_a_rc"], f["status_a"] = status.returncode, status.stdout
     f["b_rc"], f["b_s"] = b.wait(120), time.monotonic() - b.started
     f["b_err"], f["b_out"], f["b_ray"] = b.stderr, b.stdout, os.listdir(b.ray_tmp)
-    f["status_a_rc"], f["status_a"] = status.wait(120), status.stdout
     f["a_alive_after_b"] = a.alive()
     a.proc.send_signal(signal.SIGCONT)
     mark("B refused, status read")

@@ -91,13 +91,33 @@ def _body_rows(page: str) -> list[str]:
     return re.findall(r"<tr>(.*?)</tr>", tbody)
 
 
-def test_full_suite(tmp_path):
+# Each distinct input is rendered once per module (a render of the full suite is ~3 CPU-s here) and the tests
+# that read the same page share it.
+@pytest.fixture(scope="module")
+def full_suite(tmp_path_factory):
+    """The full synthetic suite: JumpReLU only, no splitting or transfer rows."""
     rows, logs = synthetic_suite()
-    assert len(rows) == 3 * 4 * 2 * 2
-    paths = render_report(rows, logs, tmp_path, title="Test suite", suite_info=SUITE_INFO)
-    page = _check_outputs(paths, tmp_path, len(rows), list(rows[0]))
+    out = tmp_path_factory.mktemp("full")
+    return rows, out, render_report(rows, logs, out, title="Test suite", suite_info=SUITE_INFO)
 
-    table = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
+
+@pytest.fixture(scope="module")
+def one_row(tmp_path_factory):
+    rows, logs = synthetic_suite(sites=("mlp",), layers=(5,), widths=(2048,), lambdas=(0.001,))
+    out = tmp_path_factory.mktemp("one-row")
+    return rows, out, render_report(rows, logs, out / "report", title="tiny", suite_info={"model": "m"})
+
+
+def _text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def test_full_suite(full_suite):
+    rows, out, paths = full_suite
+    assert len(rows) == 3 * 4 * 2 * 2
+    page = _check_outputs(paths, out, len(rows), list(rows[0]))
+
+    table = pq.read_table(out / "metrics.parquet").to_pylist()
     by_path = {r["sae_path"]: r for r in table}
     for r in rows:
         got = by_path[r["sae_path"]]
@@ -115,22 +135,30 @@ def test_full_suite(tmp_path):
         assert f">{header}</th>" in page
 
 
-def test_the_page_says_where_gemma_scopes_findings_hold_and_where_not(tmp_path):
-    rows, logs = synthetic_suite()  # shaped like the paper: wider is better, res costs the most
-    page = (tmp_path / "a").joinpath("index.html")
-    render_report(rows, logs, tmp_path / "a", title="t", suite_info={})
-    text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
+def test_a_suite_without_baselines_splitting_or_transfer_has_none_of_their_sections(full_suite):
+    _, out, paths = full_suite
+    assert not (out / "architectures_l0_vs_fidelity.png").exists()
+    assert "architectures_l0_vs_fidelity.png" not in {p.name for p in paths}
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Feature splitting" not in page  # no splitting rows
+    assert "transfer" not in page.lower()  # no further model's rows
+
+
+def test_the_page_says_where_gemma_scopes_findings_hold_and_where_not(full_suite, tmp_path):
+    _, out, _ = full_suite  # shaped like the paper: wider is better, res costs the most
+    text = _text((out / "index.html").read_text())
     assert "lies below): holds at 12 of 12" in text
     assert "L0 falls as λ rises, at every width: holds at 12 of 12" in text
     assert "attention output's (same width, λ): holds at 4 of 4" in text
 
+    rows, logs = synthetic_suite()
     for r in rows:  # res layer 3's wide SAEs get worse, and mlp layer 6 costs more loss than res
         if (r["site"], r["layer"], r["width"]) == ("res", 3, 4096):
             r["fvu"] += 0.2
         if (r["site"], r["layer"]) == ("mlp", 6):
             r["delta_loss"] += 1.0
     render_report(rows, logs, tmp_path / "b", title="t", suite_info={})
-    text = html.unescape(re.sub(r"<[^>]+>", "", (tmp_path / "b" / "index.html").read_text()))
+    text = _text((tmp_path / "b" / "index.html").read_text())
     assert "lies below): holds at 11 of 12" in text
     raw = (tmp_path / "b" / "index.html").read_text()
     assert '<li class="no"><b>The wider SAE' in raw and '<li class="ok"><b>L0 falls' in raw  # marked ✗ and ✓
@@ -138,10 +166,9 @@ def test_the_page_says_where_gemma_scopes_findings_hold_and_where_not(tmp_path):
     assert "(same width, λ): holds at 3 of 4layer 6" in text
 
 
-def test_html_table_uses_shared_formatting(tmp_path):
-    rows, logs = synthetic_suite(sites=("res",), layers=(2,), widths=(1024,), lambdas=(0.001,))
-    render_report(rows, logs, tmp_path, title="one", suite_info={})
-    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+def test_html_table_uses_shared_formatting(one_row):
+    rows, out, _ = one_row
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
     cells = format_table_rows(rows)[0]
     body = _body_rows(page)[0]
     texts = re.findall(r"<td[^>]*>([^<]*)</td>", body)
@@ -168,10 +195,9 @@ def test_sorted_rows_suite_order():
         (0, 1024, 0.0003), (0, 1024, 0.001), (0, 4096, 0.0003), (0, 4096, 0.001)]
 
 
-def test_single_layer_single_lambda_one_site(tmp_path):
-    rows, logs = synthetic_suite(sites=("mlp",), layers=(5,), widths=(2048,), lambdas=(0.001,))
-    paths = render_report(rows, logs, tmp_path / "report", title="tiny", suite_info={"model": "m"})
-    page = _check_outputs(paths, tmp_path / "report", 1, list(rows[0]))
+def test_single_layer_single_lambda_one_site(one_row):
+    rows, out, paths = one_row
+    page = _check_outputs(paths, out / "report", 1, list(rows[0]))
     assert len(_body_rows(page)) == 1
 
 
@@ -238,9 +264,7 @@ def test_architecture_comparison_when_baselines_are_trained(tmp_path):
     assert "JumpReLU against its baselines" in page and "TopK" in page and "ReLU + L1" in page
     ordered = sorted_rows(rows + extra)
     assert [r["architecture"] for r in ordered[:6]] == ["jumprelu", "jumprelu", "topk", "topk", "relu", "relu"]
-    # a single-architecture suite has no comparison figure
-    render_report(rows, logs, tmp_path / "one", title="one", suite_info={})
-    assert not (tmp_path / "one" / "architectures_l0_vs_fidelity.png").exists()
+    # a single-architecture suite has no comparison figure: test_a_suite_without_baselines_splitting_or_transfer...
 
 
 def _splitting_rows(site: str = "res", layer: int = 1) -> list[dict]:
@@ -263,8 +287,6 @@ def test_feature_splitting_plot_and_examples_link_into_the_latent_browser(tmp_pa
     assert first < second  # the latent with three splits first
     assert 'has 3 latents of width 16 at cosine &ge; 0.7: <a href="latents.html#sae=res/layer_1/width_16/' \
            'lambda_0.001&amp;latent=0">0</a> (0.95)' in page
-    render_report(rows, logs, tmp_path / "none", title="none", suite_info={})  # one width: no section
-    assert "Feature splitting" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8")
 
 
 def _on_it(rows: list[dict]) -> list[dict]:
@@ -290,8 +312,6 @@ def test_transfer_rows_are_in_the_metrics_and_drawn_beside_the_base_rows(tmp_pat
     want = [mean["delta_loss"], 1.5 * mean["delta_loss"], mean["fvu"], 1.2 * mean["fvu"]]
     assert re.findall(r"<td>([^<]*)</td>", cells) == [f"{v:.4f}" for v in want]
     assert (tmp_path / "transfer.png").read_bytes()[:8] == PNG_MAGIC
-    render_report(rows, logs, tmp_path / "none", title="none", suite_info={})  # no further model: no section
-    assert "transfer" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8").lower()
 
 
 def test_every_registered_plot_is_drawn_and_shown(tmp_path):

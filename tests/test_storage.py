@@ -32,6 +32,20 @@ def test_root_atomic_json_and_remove(tmp_path):
     root.remove("does/not/exist")  # no error
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_optional_read_is_none_for_a_missing_file_and_the_bytes_otherwise(where, tmp_path, request):
+    if where == "s3":
+        url = f"s3://scopeflow-test/optional-{tmp_path.name}"
+        root = StorageRoot(url, {"endpoint_url": request.getfixturevalue("s3_endpoint")})
+    else:
+        root = StorageRoot(str(tmp_path / "r"))
+    assert root.read_optional("state/x/a.json") is None
+    root.write_bytes("state/x/a.json", b"{}")
+    assert root.read_optional("state/x/a.json") == b"{}"
+    assert root.read_optional("state/x/b.json") is None  # beside one that exists (a listed folder on S3)
+    assert Ledger(root).get("train", "res/layer_0") is None
+
+
 def test_bfloat16_stored_as_uint16_bits_bit_exact(tmp_path):
     x = torch.randn(100, 8) * 1000
     store = zarr.storage.LocalStore(str(tmp_path / "a"))

@@ -62,8 +62,8 @@ def collect_splitting(root: StorageRoot, keys: list[tuple[str, int]]) -> list[di
     rows: list[dict] = []
     for site, layer in keys:
         path = layout.latent_splitting(site, layer)
-        if root.exists(path):
-            table = pq.read_table(io.BytesIO(root.read_bytes(path)))
+        if (data := root.read_optional(path)) is not None:
+            table = pq.read_table(io.BytesIO(data))
             rows.extend(dict(r, site=site, layer=layer) for r in table.to_pylist())
     return rows
 
@@ -72,7 +72,8 @@ def stored_script(root: StorageRoot, s: SaeLatents) -> str:
     """The SAE's browser script as its inspect unit wrote it; rendered here for latents written before inspect
     wrote one."""
     path = f"{layout.latents_dir(s.site, s.layer, s.width, s.setting)}/{layout.LATENT_BROWSER_DATA}"
-    return root.read_bytes(path).decode("utf-8") if root.exists(path) else sae_script(s)
+    stored = root.read_optional(path)
+    return sae_script(s) if stored is None else stored.decode("utf-8")
 
 
 def build_report(cfg: StagesConfig, keys: list[tuple[str, int]], suite_fingerprint: str,

@@ -71,7 +71,7 @@ class RootCheckpoint:
         self.root, self.rel = root, rel
 
     def load(self) -> bytes | None:
-        return self.root.read_bytes(self.rel) if self.root.exists(self.rel) else None
+        return self.root.read_optional(self.rel)
 
     def save(self, blob: bytes) -> None:
         self.root.write_bytes(self.rel, blob)

@@ -191,7 +191,8 @@ def _file_index(folder: Path) -> dict[str, str]:
 
 def _published_index(root: StorageRoot) -> dict[str, str] | None:
     rel = f"{published_dir(EMBEDDED_VERSION)}/{PUBLISHED_INDEX}"
-    return root.read_json(rel) if root.exists(rel) else None
+    data = root.read_optional(rel)
+    return None if data is None else json.loads(data)
 
 
 def publish_embedded_assets(root: StorageRoot, cache_dir: Path | None = None) -> str:
