@@ -37,7 +37,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # by the CPU work at nice 0 beside it (reference runs, units run in a test's own process): seen in CI, a
 # cluster run that takes 34 s alone got nothing done in 300 s. Every Ray instance the tests start inherits this.
 os.environ.setdefault("RAY_worker_niceness", "0")
-# A Ray node prestarts a worker per CPU for its first driver in the default runtime environment, which no unit
+# A Ray node prestarts workers for its first driver in the default runtime environment, which no unit
 # here uses (every run's workers carry its forwarded environment): seen, the shared instance of three CPUs
 # started two such workers for the first pytest worker's run and kept them idle through the session.
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")

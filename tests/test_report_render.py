@@ -264,7 +264,7 @@ def test_architecture_comparison_when_baselines_are_trained(tmp_path):
     assert "JumpReLU against its baselines" in page and "TopK" in page and "ReLU + L1" in page
     ordered = sorted_rows(rows + extra)
     assert [r["architecture"] for r in ordered[:6]] == ["jumprelu", "jumprelu", "topk", "topk", "relu", "relu"]
-    # a single-architecture suite has no comparison figure: test_a_suite_without_baselines_splitting_or_transfer...
+    # a single-architecture suite has no comparison figure: checked on the full suite's page (full_suite)
 
 
 def _splitting_rows(site: str = "res", layer: int = 1) -> list[dict]:
