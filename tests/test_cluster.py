@@ -1,8 +1,8 @@
 """The suite on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: a head with no CPUs for
 units, worker nodes each with its own cache, Hugging Face home and temp dir), its root on the tests' S3
-endpoint, run through the CLI as a user runs it: the same bytes as one local node, units on several nodes,
-nothing read from the driver's disk, and a node removed without grace while an extract or a train unit runs
-on it, after which the unit is retried on another node and every output is still the same. The same run shows
+endpoint, run once through the CLI as a user runs it, a node removed without grace while an extract unit runs
+on it and another while a train unit does: each unit is retried on another node, and the run still has the
+bytes of one local node, its units on several nodes, nothing read from the driver's disk. The same run shows
 the S3 side: every file as on local disk, the credentials (from the AWS environment) written nowhere.
 
 To remove a node "while a unit runs on it" without racing a unit that lasts a fraction of a second here, a
@@ -53,7 +53,7 @@ _FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_timeout_ms":
 
 def _suite(tmp: Path, root: str, endpoint: str | None, ray_address: str | None) -> dict:
     # one (site, layer): what is distributed is units on nodes, the same for every site, and each further site
-    # is four more units in the cluster's run, its rerun and the reference (~30 CPU-s of the session here)
+    # is four more units in the cluster's run and in the reference (~30 CPU-s of the session here)
     cfg = small_suite_dict(tmp, sites=["res"], layers=[1])
     cfg["storage"]["root"] = root
     cfg["sae"]["checkpoint_every"] = 5  # a runtime field: not in any fingerprint
@@ -194,23 +194,44 @@ def reference(tmp_path_factory, embedded_assets):
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory, cluster, s3_endpoint, prefect_server, embedded_assets, put_gate, reference):
+def cluster_run(tmp_path_factory, cluster, s3_endpoint, prefect_server, embedded_assets, put_gate, reference):
+    """The suite's run on the cluster, through the CLI, in which a node is removed without grace while extract
+    shard 0 runs on it (and replaced, as an autoscaler would), and another while train res/layer_1 runs on it
+    after its first checkpoint (its second checkpoint is held); one node finishes the run. One run for both
+    deaths and for what a cluster run must show anyway (the bytes of one node, units on several nodes, each
+    node's own cache, no credentials anywhere): a run and its rerun cost ~40 CPU-s more here, most of it a
+    cold driver and a new job's cold workers on every node."""
     tmp = tmp_path_factory.mktemp("cluster")
     driver_cache = tmp / "driver-cache"  # the driver's own cache: a copy of the session's build
     shutil.copytree(embedded_assets.model_dir.parent, driver_cache / ASSETS)
     before = _tree(driver_cache)
     path = write_config(tmp / "suite.yaml", _suite(tmp, f"s3://{BUCKET_ROOT}", s3_endpoint, cluster.address))
     env = {"SCOPEFLOW_CACHE": str(driver_cache)}
-    t0 = time.monotonic()
-    proc = scopeflow(prefect_server, "run", str(path), env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     root = StorageRoot(f"s3://{BUCKET_ROOT}", {"endpoint_url": s3_endpoint})
     ledger = Ledger(root)
+    extract = put_gate.arm(rf"^{re.escape(BUCKET_ROOT)}/activations/res/layer_1/shard_00000/")
+    train = put_gate.arm(rf"^{re.escape(BUCKET_ROOT)}/checkpoints/res/layer_1/state\.pt$", skip=1)
+    t0 = time.monotonic()
+    proc = _start(prefect_server, env, "run", str(path))
+    try:
+        killed = {"extract": _kill_node_at(extract, cluster, proc, ledger, "extract", "shard_00000", replace=True),
+                  "train": _kill_node_at(train, cluster, proc, ledger, "train", "res/layer_1", replace=False)}
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
     nodes = {f"{s}:{r.unit}": r.node[:8] for s in STAGE_NAMES for r in ledger.records(s)}
     print(f"\ncluster run: {time.monotonic() - t0:.1f} s through the CLI; units per node "
           f"{ {n: list(nodes.values()).count(n) for n in sorted(set(nodes.values()))} }")
-    return {"path": path, "env": env, "proc": proc, "root": root, "driver_cache": driver_cache,
-            "driver_before": before}
+    for stage, unit in (("extract", "shard_00000"), ("train", "res/layer_1")):
+        rec = ledger.get(stage, unit)
+        print(f"node death in {stage}:{unit}: killed node {killed[stage][0][:8]}, completed on {rec.node[:8]} "
+              f"at attempt {rec.attempt}" + (f", resumed from step {rec.metrics['resumed_from_step']}"
+                                              if stage == "train" else ""))
+    return {"path": path, "env": env, "proc": subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+            "root": root, "ledger": ledger, "killed": killed, "driver_cache": driver_cache, "driver_before": before}
 
 
 def _outputs(files: dict[str, bytes]) -> dict[str, bytes]:
@@ -278,8 +299,8 @@ def _start(api_url: str, env: dict, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_a_cluster_run_is_byte_identical_to_one_local_node(clean_run, cluster, reference):
-    proc, root = clean_run["proc"], clean_run["root"]
+def test_a_cluster_run_is_byte_identical_to_one_local_node(cluster_run, cluster, reference):
+    proc, root = cluster_run["proc"], cluster_run["root"]
     assert "ran 8 unit(s)" in proc.stdout  # tokenize, 2 extract, shuffle, train, evaluate, inspect, report
     _assert_same_as_one_node(root, reference)
     ledger = Ledger(root)
@@ -290,19 +311,19 @@ def test_a_cluster_run_is_byte_identical_to_one_local_node(clean_run, cluster, r
 
 
 
-def test_every_file_of_the_run_is_on_s3_as_on_local_disk(clean_run, reference):
+def test_every_file_of_the_run_is_on_s3_as_on_local_disk(cluster_run, reference):
     """All of the root, not only the compared outputs: the same files (the ledger, suite.json and the report
     name their location or time, and are compared by content in other tests)."""
-    got, want = root_files(clean_run["root"]), reference.files()
+    got, want = root_files(cluster_run["root"]), reference.files()
     assert {"suite.json", "report/index.html", "evals/res/layer_1.parquet", "state/train/res/layer_1.json"} <= set(got)
     assert sorted(got) == sorted(want)
     assert any(k.startswith("shuffled/") for k in got) and any(k.endswith("params.npz") for k in got)
 
 
-def test_credentials_are_written_nowhere(clean_run, cluster, s3_endpoint, prefect_server):
+def test_credentials_are_written_nowhere(cluster_run, cluster, s3_endpoint, prefect_server):
     """The S3 credentials come from the standard AWS environment of the driver and of every node, and appear
     in no object of the bucket, no line of the CLI, no Ray log of any node, nothing the dashboard shows."""
-    proc, secrets = clean_run["proc"], (S3_KEY_ID, S3_SECRET)
+    proc, secrets = cluster_run["proc"], (S3_KEY_ID, S3_SECRET)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
     objects = fs.find("scopeflow-test")
     assert objects and not [p for p in objects if any(s.encode() in fs.cat_file(p) for s in secrets)]
@@ -312,7 +333,7 @@ def test_credentials_are_written_nowhere(clean_run, cluster, s3_endpoint, prefec
     assert any(p.name.startswith("worker-") for p in ray_files), sorted(p.name for p in ray_files)[:20]
     assert not [p for p in ray_files if any(s.encode() in p.read_bytes() for s in secrets)]
     # this run's flow and task runs and their logs, on the session's server that every test's runs share
-    suites, units, task_runs = suite_task_runs(prefect_server, clean_run["path"])
+    suites, units, task_runs = suite_task_runs(prefect_server, cluster_run["path"])
     flow_ids = [r["id"] for r in suites + units]
     logs = api_post(prefect_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": flow_ids}}, "limit": 200})
     for name, seen in (("flow runs", suites + units), ("task runs", task_runs), ("logs", logs)):
@@ -328,25 +349,25 @@ def test_credentials_in_the_config_are_refused(tmp_path):
                                           r"config; set AWS_ACCESS_KEY_ID"):
         load_suite_config(path)
 
-def _assert_nodes_use_their_own_caches(clean_run, cluster: _LocalCluster) -> None:
+def _assert_nodes_use_their_own_caches(cluster_run, cluster: _LocalCluster) -> None:
     """Every node that ran a stage reading the corpus, the tokenizer or the model holds a cache of its own: a
     copy of the driver's build (fetched from the root), not a build of its own (even the manifest's build
     timings agree); and the driver's cache is untouched."""
-    root, driver = clean_run["root"], clean_run["driver_cache"] / ASSETS
+    root, driver = cluster_run["root"], cluster_run["driver_cache"] / ASSETS
     want = _tree_bytes(driver)
     ran_on = {r.node for s in ("tokenize", "extract", "evaluate") for r in Ledger(root).records(s)}
     for node_id in ran_on:
         own = cluster.node_dirs[node_id] / "cache" / ASSETS
         assert (own / "COMPLETE").is_file(), f"node {node_id[:8]} has no cache of its own"
         assert _tree_bytes(own) == want
-    assert _tree(clean_run["driver_cache"]) == clean_run["driver_before"]
+    assert _tree(cluster_run["driver_cache"]) == cluster_run["driver_before"]
 
 
-def test_units_read_the_embedded_assets_from_their_nodes_own_caches(clean_run, cluster):
-    root = clean_run["root"]
+def test_units_read_the_embedded_assets_from_their_nodes_own_caches(cluster_run, cluster):
+    root = cluster_run["root"]
     published = f"assets/{ASSETS}"
     assert root.exists(f"{published}/files.json") and root.exists(f"{published}/model/model.safetensors")
-    _assert_nodes_use_their_own_caches(clean_run, cluster)
+    _assert_nodes_use_their_own_caches(cluster_run, cluster)
 
 
 def test_published_assets_are_copied_checked_and_never_replaced(tmp_path, embedded_assets):
@@ -394,47 +415,17 @@ def test_a_local_model_folder_must_exist_and_is_checked_at_prepare(tmp_path):
     assert "must exist on every node" in (REPO / "README.md").read_text()
 
 
-@pytest.fixture(scope="module")
-def node_deaths(clean_run, cluster, put_gate, prefect_server):
-    """One re-run of extract shard 0 and everything downstream (shuffle, train, evaluate, report), in which a
-    node is removed while extract shard 0 runs on it, and another while train res/layer_1 runs on it after
-    its first checkpoint (its second checkpoint is held)."""
-    ledger = Ledger(clean_run["root"])
-    extract = put_gate.arm(rf"^{re.escape(BUCKET_ROOT)}/activations/res/layer_1/shard_00000/")
-    train = put_gate.arm(rf"^{re.escape(BUCKET_ROOT)}/checkpoints/res/layer_1/state\.pt$", skip=1)
-    proc = _start(prefect_server, clean_run["env"], "rerun", str(clean_run["path"]), "--stage", "extract",
-                  "--shard", "0")
-    try:
-        # the first death is replaced, as an autoscaler would; after the second, one node finishes the run
-        killed = {"extract": _kill_node_at(extract, cluster, proc, ledger, "extract", "shard_00000", replace=True),
-                  "train": _kill_node_at(train, cluster, proc, ledger, "train", "res/layer_1", replace=False)}
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    for stage, unit in (("extract", "shard_00000"), ("train", "res/layer_1")):
-        rec = ledger.get(stage, unit)
-        print(f"node death in {stage}:{unit}: killed node {killed[stage][0][:8]}, completed on {rec.node[:8]} "
-              f"at attempt {rec.attempt}" + (f", resumed from step {rec.metrics['resumed_from_step']}"
-                                              if stage == "train" else ""))
-    return ledger, killed
-
-
-def test_a_node_removed_while_an_extract_unit_runs(node_deaths, clean_run, cluster, reference):
-    ledger, killed = node_deaths
-    node, pid = killed["extract"]
+def test_a_node_removed_while_an_extract_unit_runs(cluster_run, cluster, reference):
+    ledger, (node, pid) = cluster_run["ledger"], cluster_run["killed"]["extract"]
     rec = ledger.get("extract", "shard_00000")
     assert rec.status == "complete" and rec.attempt >= 2 and rec.node not in ("", node) and rec.pid != pid
-    _assert_same_as_one_node(clean_run["root"], reference)
-    _assert_nodes_use_their_own_caches(clean_run, cluster)  # a replacement node too, if it ran one
+    _assert_same_as_one_node(cluster_run["root"], reference)
+    _assert_nodes_use_their_own_caches(cluster_run, cluster)  # a replacement node too, if it ran one
 
 
-def test_a_node_removed_while_a_train_unit_runs(node_deaths, clean_run, reference):
-    ledger, killed = node_deaths
-    node, pid = killed["train"]
+def test_a_node_removed_while_a_train_unit_runs(cluster_run, reference):
+    ledger, (node, pid) = cluster_run["ledger"], cluster_run["killed"]["train"]
     rec = ledger.get("train", "res/layer_1")
     assert rec.status == "complete" and rec.attempt >= 2 and rec.node not in ("", node) and rec.pid != pid
     assert rec.metrics["resumed_from_step"] >= 5  # from its checkpoint on the root, not from step 0
-    _assert_same_as_one_node(clean_run["root"], reference)
+    _assert_same_as_one_node(cluster_run["root"], reference)
