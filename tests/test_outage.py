@@ -1,11 +1,11 @@
 """The object store going away for 30 s mid-extract, for real: a TCP proxy the test controls between s3fs and
-moto's S3 server refuses connections, the units retry with backoff, the run completes, every output is byte
-for byte a clean run's, and nothing was marked complete that was not fully written."""
+moto's S3 server refuses connections, the units retry with backoff, the run (the CLI as a user starts it)
+completes, every output is byte for byte a clean run's, and nothing was marked complete that was not fully
+written."""
 from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 import uuid
 from datetime import datetime
@@ -17,8 +17,9 @@ import pytest
 from storage import layout
 from storage.ledger import Ledger
 from storage.root import StorageRoot
-from tests.faults import assert_same_outputs, clean_reference, complete_outputs_read_back, fault_suite, statuses
-from tests.helpers import ReferenceRun, api_get, cli, root_files, suite_task_runs, write_config
+from tests.faults import (Cli, assert_same_outputs, clean_reference, complete_outputs_read_back, fault_suite,
+                          statuses, until)
+from tests.helpers import ReferenceRun, api_get, root_files, suite_task_runs, write_config
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -52,24 +53,10 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _outage(proxy: TcpProxy, direct: StorageRoot, seen: dict, stop: threading.Event) -> None:
-    """The outage's side of the scenario, beside the run: once the proxy is down, what the store says, then
-    the store back after OUTAGE_S."""
-    while not proxy.triggered.wait(0.05):
-        if stop.is_set():
-            return
-    t_down = proxy.downs[0]
-    seen.update(t_down_wall=time.time(), at_outage=statuses(direct), refused=_refused(proxy.port))
-    time.sleep(max(0.0, t_down + OUTAGE_S - time.monotonic()))
-    proxy.up()
-
-
 @pytest.fixture(scope="module")
-def outage(tmp_path_factory, s3_endpoint, prefect_server, ray_session, reference):
+def outage(tmp_path_factory, s3_endpoint, prefect_server, reference):
     """The suite on S3 through a proxy that goes down at the first PUT of activation data (the extract unit
-    has written its arrays' metadata, not their rows) and stays down 30 s, refusing connections. The run is
-    the CLI's code in this process, on the session's warm Ray (tests.helpers.cli): what is tested is its
-    units' retries, not its processes, which tests/test_faults.py's runs are."""
+    has written its arrays' metadata, not their rows) and stays down 30 s, refusing connections."""
     tmp = tmp_path_factory.mktemp("outage")
     prefix = f"faults/{uuid.uuid4().hex[:10]}"
     trigger = re.compile(rb"PUT /" + f"{BUCKET}/{prefix}/".encode() + rb"activations/[^ ?]*/x/c/")
@@ -78,36 +65,36 @@ def outage(tmp_path_factory, s3_endpoint, prefect_server, ray_session, reference
     path = write_config(tmp / "suite.yaml", fault_suite(tmp, url, proxy.url, task_retries=4,
                                                    retry_delay_seconds=[5, 10, 15, 20]))
     direct = StorageRoot(url, {"endpoint_url": s3_endpoint})  # the test's own view, around the proxy
-    seen: dict = {}
-    stop = threading.Event()
-    controller = threading.Thread(target=_outage, args=(proxy, direct, seen, stop), daemon=True)
-    t0 = time.monotonic()
-    controller.start()
+    cli = Cli(tmp, "run", "run", str(path), api_url=prefect_server)
     try:
-        run = cli("run", str(path))
+        until("outage", proxy.triggered.is_set, cli, every=0.05)
+        t_down, t_down_wall = proxy.downs[0], time.time()
+        at_outage = statuses(direct)
+        refused = _refused(proxy.port)
+        time.sleep(max(0.0, t_down + OUTAGE_S - time.monotonic()))
+        proxy.up()
+        rc = cli.wait(600)
     finally:
-        stop.set()
-        controller.join(OUTAGE_S + 30)
         proxy.stop()
-    assert proxy.downs, "the run ended without writing activation data through the proxy:\n" + run.stderr[-3000:]
+        cli.close()
     direct.fs.invalidate_cache()  # listings the polling cached
-    facts = dict(rc=run.returncode, run=run, direct=direct, run_s=time.monotonic() - t0, dropped=proxy.dropped,
-                 outage_s=proxy.ups[0] - proxy.downs[0], accepted=proxy.accepted, **seen,
-                 task_runs=_task_runs(prefect_server, path, {"tokenize:corpus", "extract:shard_00000",
-                                                             "extract:shard_00001"}))
+    facts = dict(rc=rc, cli=cli, direct=direct, at_outage=at_outage, refused=refused, t_down_wall=t_down_wall,
+                 run_s=time.monotonic() - cli.started, outage_s=proxy.ups[0] - t_down, dropped=proxy.dropped,
+                 accepted=proxy.accepted, task_runs=_task_runs(prefect_server, path, {"tokenize:corpus", "extract:shard_00000",
+                                                                                      "extract:shard_00001"}))
     print(f"\noutage: run {facts['run_s']:.1f} s, down {facts['outage_s']:.1f} s, {proxy.dropped} open "
-          f"connection(s) reset, ledger at the outage {facts['at_outage']}")
+          f"connection(s) reset, ledger at the outage {at_outage}")
     ledger = Ledger(direct)
     for r in facts["task_runs"]:
         rec = ledger.get(*r["name"].split(":", 1))
         r["ledger_attempt"] = rec.attempt
         print(f"  {r['name']}: ledger attempt {rec.attempt}, run_count {r['run_count']}, states " + ", ".join(
-            f"{s['name']}@{_ts(s['timestamp']) - facts['t_down_wall']:+.1f}s" for s in r["states"]))
+            f"{s['name']}@{_ts(s['timestamp']) - t_down_wall:+.1f}s" for s in r["states"]))
     return facts
 
 
 def test_an_object_store_outage_mid_extract_is_retried_and_the_run_completes(outage):
-    assert outage["rc"] == 0, outage["run"].stdout[-2000:] + outage["run"].stderr[-3000:]
+    assert outage["rc"] == 0, outage["cli"].failed()
     # the outage hit while an extract unit was running (its record said so on the store itself)
     assert "running" in {s for k, s in outage["at_outage"].items() if k.startswith("extract:")}, outage["at_outage"]
     assert outage["outage_s"] >= OUTAGE_S and outage["refused"]
