@@ -120,14 +120,6 @@ def suite_task_runs(api_url: str, config_path: str | Path) -> tuple[list[dict], 
     return suites, units, task_runs
 
 
-def scopeflow(api_url: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it, against the session's Prefect server (`env`: more environment variables)."""
-    env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "160", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-
 # Credentials the S3 tests put in the standard AWS environment; tests check they are written nowhere.
 S3_KEY_ID, S3_SECRET = "AKIASCOPEFLOWTESTKEY", "scopeflow-test-secret-9f3c1d"
 
@@ -135,7 +127,8 @@ S3_KEY_ID, S3_SECRET = "AKIASCOPEFLOWTESTKEY", "scopeflow-test-secret-9f3c1d"
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI's own code (`flows.cli.main`) in this process, on the `ray_session` fixture's warm Ray instance
     and the session's Prefect server: the path a user's command takes, without a new interpreter, Ray
-    instance and cold workers per command (~15 s each here). Tests of signals and processes use `scopeflow`."""
+    instance and cold workers per command (~15 s each here). Tests of signals and processes start
+    `python -m flows.cli` (tests.faults.Cli, tests/test_cluster.py)."""
     saved = {k: os.environ.get(k) for k in ("COLUMNS", *(env or {}))}
     os.environ.update({"COLUMNS": "160", **(env or {})})
     out, err = io.StringIO(), io.StringIO()

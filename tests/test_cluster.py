@@ -37,7 +37,7 @@ from storage.ledger import Ledger
 from storage.root import StorageRoot
 from tasks.lm.embedded import EMBEDDED_VERSION, ensure_embedded_assets, publish_embedded_assets
 from tasks.registry import STAGE_NAMES
-from tests.helpers import (REPO, S3_KEY_ID, S3_SECRET, ReferenceRun, api_post, root_files, scopeflow, small_suite_dict,
+from tests.helpers import (REPO, S3_KEY_ID, S3_SECRET, ReferenceRun, api_post, root_files, small_suite_dict,
                            suite_task_runs, write_config)
 
 pytestmark = pytest.mark.slow
@@ -230,8 +230,9 @@ def cluster_run(tmp_path_factory, cluster, s3_endpoint, prefect_server, embedded
         print(f"node death in {stage}:{unit}: killed node {killed[stage][0][:8]}, completed on {rec.node[:8]} "
               f"at attempt {rec.attempt}" + (f", resumed from step {rec.metrics['resumed_from_step']}"
                                               if stage == "train" else ""))
-    return {"path": path, "env": env, "proc": subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
-            "root": root, "ledger": ledger, "killed": killed, "driver_cache": driver_cache, "driver_before": before}
+    return {"path": path, "proc": subprocess.CompletedProcess(proc.args, proc.returncode, out, err), "root": root,
+            "files": root_files(root), "ledger": ledger, "killed": killed, "driver_cache": driver_cache,
+            "driver_before": before}
 
 
 def _outputs(files: dict[str, bytes]) -> dict[str, bytes]:
@@ -252,14 +253,14 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _assert_same_as_one_node(root: StorageRoot, reference: ReferenceRun) -> None:
+def _assert_same_as_one_node(run: dict, reference: ReferenceRun) -> None:
     want, want_fps = _outputs(reference.files()), _fingerprints(reference.root)
-    got = _outputs(root_files(root))
+    got = _outputs(run["files"])
     assert sorted(got) == sorted(want)
     assert [k for k in sorted(want) if got[k] != want[k]] == []
     assert any(k.startswith("saes/") and k.endswith("params.npz") for k in got) and "evals/res/layer_1.parquet" in got
-    assert _fingerprints(root) == want_fps
-    assert not [k for k in root_files(root) if k.startswith("checkpoints/")]
+    assert _fingerprints(run["root"]) == want_fps
+    assert not [k for k in run["files"] if k.startswith("checkpoints/")]
 
 
 def _gone(pid: int) -> bool:
@@ -300,10 +301,9 @@ def _start(api_url: str, env: dict, *args: str) -> subprocess.Popen:
 
 
 def test_a_cluster_run_is_byte_identical_to_one_local_node(cluster_run, cluster, reference):
-    proc, root = cluster_run["proc"], cluster_run["root"]
+    proc, ledger = cluster_run["proc"], cluster_run["ledger"]
     assert "ran 8 unit(s)" in proc.stdout  # tokenize, 2 extract, shuffle, train, evaluate, inspect, report
-    _assert_same_as_one_node(root, reference)
-    ledger = Ledger(root)
+    _assert_same_as_one_node(cluster_run, reference)
     nodes = {f"{s}:{r.unit}": r.node for s in STAGE_NAMES for r in ledger.records(s)}
     assert all(nodes.values()), nodes  # every record names the Ray node it ran on
     assert set(nodes.values()) <= set(cluster.node_dirs) and cluster.head_id not in nodes.values()
@@ -314,7 +314,7 @@ def test_a_cluster_run_is_byte_identical_to_one_local_node(cluster_run, cluster,
 def test_every_file_of_the_run_is_on_s3_as_on_local_disk(cluster_run, reference):
     """All of the root, not only the compared outputs: the same files (the ledger, suite.json and the report
     name their location or time, and are compared by content in other tests)."""
-    got, want = root_files(cluster_run["root"]), reference.files()
+    got, want = cluster_run["files"], reference.files()
     assert {"suite.json", "report/index.html", "evals/res/layer_1.parquet", "state/train/res/layer_1.json"} <= set(got)
     assert sorted(got) == sorted(want)
     assert any(k.startswith("shuffled/") for k in got) and any(k.endswith("params.npz") for k in got)
@@ -419,7 +419,7 @@ def test_a_node_removed_while_an_extract_unit_runs(cluster_run, cluster, referen
     ledger, (node, pid) = cluster_run["ledger"], cluster_run["killed"]["extract"]
     rec = ledger.get("extract", "shard_00000")
     assert rec.status == "complete" and rec.attempt >= 2 and rec.node not in ("", node) and rec.pid != pid
-    _assert_same_as_one_node(cluster_run["root"], reference)
+    _assert_same_as_one_node(cluster_run, reference)
     _assert_nodes_use_their_own_caches(cluster_run, cluster)  # a replacement node too, if it ran one
 
 
@@ -428,4 +428,4 @@ def test_a_node_removed_while_a_train_unit_runs(cluster_run, reference):
     rec = ledger.get("train", "res/layer_1")
     assert rec.status == "complete" and rec.attempt >= 2 and rec.node not in ("", node) and rec.pid != pid
     assert rec.metrics["resumed_from_step"] >= 5  # from its checkpoint on the root, not from step 0
-    _assert_same_as_one_node(cluster_run["root"], reference)
+    _assert_same_as_one_node(cluster_run, reference)
