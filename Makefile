@@ -10,15 +10,24 @@ PIP_FILTER := { grep -v "^WARNING: Location 'file://" || true; }
 
 .PHONY: install run test clean
 
+UV := $(VENV)/bin/uv
+# uv installs the ~200 packages in about a minute where pip took 5-6 (BENCHMARKS.md, "the install"); pip
+# installs torch first, as this machine's pip is set up for it (a local CPU wheel here, which uv would not
+# look for), and uv leaves an installed torch that satisfies the pin alone. Byte-compiled at install, as pip
+# does: a process that finds no .pyc compiles every module it imports, every time, where bytecode is not written.
+TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+UV_INSTALL := $(UV) pip install --quiet --python $(PY) --compile-bytecode
+
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]' 2>&1 | $(PIP_FILTER)
+	$(PY) -m pip install --quiet uv '$(TORCH_PIN)' 2>&1 | $(PIP_FILTER)
+	$(UV_INSTALL) -e '.[test]'
 	$(PY) -c "import torch, transformers, ray, prefect, prefect_ray, zarr, s3fs, pyarrow, pydantic"
 	touch $@
 
 # The interop extra (SAELens and its ~40 dependencies) only for the tests that open our SAEs in SAELens.
 $(VENV)/.interop: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,interop]' 2>&1 | $(PIP_FILTER)
+	$(UV_INSTALL) -e '.[test,interop]'
 	$(PY) -c "import sae_lens"
 	touch $@
 
