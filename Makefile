@@ -11,16 +11,19 @@ PIP_FILTER := { grep -v "^WARNING: Location 'file://" || true; }
 .PHONY: install run test clean
 
 UV := $(VENV)/bin/uv
-# uv installs the ~200 packages in about a minute where pip took 5-6 (BENCHMARKS.md, "the install"); pip
-# installs torch first, as this machine's pip is set up for it (a local CPU wheel here, which uv would not
-# look for), and uv leaves an installed torch that satisfies the pin alone. Byte-compiled at install, as pip
-# does: a process that finds no .pyc compiles every module it imports, every time, where bytecode is not written.
+UV_VERSION := 0.13.9
+# uv installs the 241 packages in 2.5 minutes where pip took 4.5-6 (BENCHMARKS.md, "the install with uv").
+# pip installs uv and torch: uv reads none of pip's configuration, which on some machines points at a local
+# torch wheel (a CPU build here; uv would fetch the CUDA one), and it keeps an installed torch that meets the
+# pin. Bytecode is compiled at install, as pip does: where none can be written (PYTHONDONTWRITEBYTECODE), a
+# process would compile every module it imports, every time. Certificates come from the platform's store, as
+# pip's and curl's do: uv's built-in roots lack a CA that a machine adds.
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
-UV_INSTALL := $(UV) pip install --quiet --python $(PY) --compile-bytecode
+UV_INSTALL := $(UV) pip install --quiet --python $(PY) --compile-bytecode --system-certs
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet uv '$(TORCH_PIN)' 2>&1 | $(PIP_FILTER)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION) '$(TORCH_PIN)' 2>&1 | $(PIP_FILTER)
 	$(UV_INSTALL) -e '.[test]'
 	$(PY) -c "import torch, transformers, ray, prefect, prefect_ray, zarr, s3fs, pyarrow, pydantic"
 	touch $@
