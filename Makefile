@@ -12,14 +12,10 @@ PIP_FILTER := { grep -v "^WARNING: Location 'file://" || true; }
 
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
-# uv installs the 241 packages in ~2 minutes where pip took 4.5-6 (BENCHMARKS.md, "the install with uv").
-# pip installs uv and torch: uv reads none of pip's configuration, which on some machines points at a local
-# torch wheel (a CPU build here; uv would fetch the CUDA one), and it keeps an installed torch that meets the
-# pin. Bytecode is compiled at install, as pip does: where none can be written (PYTHONDONTWRITEBYTECODE), a
-# process would compile every module it imports, every time. Certificates come from the platform's store, as
-# pip's and curl's do: uv's built-in roots lack a CA that a machine adds. torch is compiled on every core
-# (pip, compiling on one, took 43 s); like pip, this ignores the few test files of torch's that use
-# newer syntax.
+# uv installs the packages in ~2 minutes where pip took 4.5-6; pip installs uv and torch (its config may
+# point at a local torch wheel, which uv would not read), bytecode is compiled at install, certificates come
+# from the platform's store: why each, docs/architecture.md "Pitfalls of this stack". compileall skips, as
+# pip does, the few torch test files that use newer syntax.
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 SITE_PACKAGES = $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) --compile-bytecode --system-certs
